@@ -1,0 +1,2 @@
+//! bfo-alive-exporter: probes KOMBIT Beskedfordeler dueslag with AliveBesked round trips.
+pub mod secret;
