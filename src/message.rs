@@ -1,0 +1,562 @@
+//! The XML the Beskedfordeler carries: the Alive Haendelsesbesked with this exporter's
+//! probe payload, StandardRetur, and the push envelopes ModtagBeskedInput/Output.
+//!
+//! Parsing is namespace-aware (roxmltree): prefixes vary between senders and default
+//! namespaces occur, so elements are matched on (namespace, local name), never on prefix.
+//! A DTD is refused (no entity tricks), and input is bounded in size and depth.
+
+use std::time::SystemTime;
+
+use roxmltree::{Document, Node, ParsingOptions};
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::protocol::{
+    ALIVE_BESKEDTYPE, BESKED_VERSION, CVR_URN_PREFIX, NS_KUVERT, NS_PROBE, NS_SAGDOK,
+    NS_SAGDOK_VARIANT, NS_STS,
+};
+
+/// Largest XML document this module parses.
+pub const MAX_XML_BYTES: usize = 4 * 1024 * 1024;
+/// Deepest element nesting this module accepts.
+pub const MAX_XML_DEPTH: usize = 64;
+/// Most nodes one document may have.
+const MAX_XML_NODES: u32 = 100_000;
+
+/// Why a document could not be read.
+#[derive(Debug, Error, PartialEq)]
+pub enum ParseError {
+    #[error("document is {0} bytes, over the limit of {MAX_XML_BYTES}")]
+    TooLarge(usize),
+    #[error("document is not UTF-8")]
+    NotUtf8,
+    #[error("malformed XML: {0}")]
+    Xml(String),
+    #[error("elements nest deeper than {MAX_XML_DEPTH}")]
+    TooDeep,
+    #[error("root element is {{{ns}}}{name}, expected {{{want_ns}}}{want}")]
+    WrongRoot {
+        ns: String,
+        name: String,
+        want_ns: &'static str,
+        want: &'static str,
+    },
+    #[error("missing or invalid {0}")]
+    Missing(&'static str),
+}
+
+/// The probe payload this exporter writes into Beskeddata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProbePayload {
+    /// The exporter instance that sent the message.
+    pub instance: String,
+    /// Changes at every start of the exporter.
+    pub run: Uuid,
+    /// Configured dueslag name.
+    pub dueslag: String,
+    /// Per-dueslag sequence number, from 1.
+    pub sequence: u64,
+    /// Wall-clock send time.
+    pub sent_at: SystemTime,
+}
+
+/// What the exporter needs to build an Alive message.
+#[derive(Debug, Clone)]
+pub struct AliveSpec<'a> {
+    pub besked_id: Uuid,
+    pub anvendersystem: Uuid,
+    pub cvr: &'a str,
+    pub payload: &'a ProbePayload,
+}
+
+/// The fields of a Haendelsesbesked that matter here.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Haendelsesbesked {
+    pub besked_id: Uuid,
+    pub beskedtype: Option<Uuid>,
+    pub ansvarlig_aktoer: Option<Uuid>,
+    pub tilladt_modtager: Option<String>,
+    pub dannelsestidspunkt: Option<String>,
+    /// Present when Beskeddata holds a well-formed probe payload of this exporter.
+    pub probe: Option<ProbePayload>,
+}
+
+impl Haendelsesbesked {
+    /// True when the beskedtype is the Alive type.
+    pub fn is_alive(&self) -> bool {
+        self.beskedtype.map(|t| t.to_string()) == Some(ALIVE_BESKEDTYPE.to_string())
+    }
+}
+
+/// A StandardRetur: the Beskedfordeler's (or a push receiver's) answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StandardRetur {
+    pub status_kode: i32,
+    pub fejlbesked_tekst: Option<String>,
+}
+
+impl StandardRetur {
+    /// Status 20 with no text.
+    pub fn ok() -> Self {
+        StandardRetur {
+            status_kode: crate::protocol::status::OK,
+            fejlbesked_tekst: None,
+        }
+    }
+
+    /// A non-20 answer with an explanation.
+    pub fn error(code: i32, text: impl Into<String>) -> Self {
+        StandardRetur {
+            status_kode: code,
+            fejlbesked_tekst: Some(text.into()),
+        }
+    }
+}
+
+/// Escapes text for XML element content and attribute values.
+pub fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// RFC 3339 time with milliseconds, UTC.
+pub fn format_time(t: SystemTime) -> String {
+    let t: time::OffsetDateTime = t.into();
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
+    t.format(&fmt).unwrap_or_default()
+}
+
+fn parse_time(text: &str) -> Option<SystemTime> {
+    time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+        .ok()
+        .map(SystemTime::from)
+}
+
+/// The Haendelsesbesked element without an XML declaration, so it can be embedded.
+fn alive_element(spec: &AliveSpec<'_>) -> String {
+    let p = spec.payload;
+    let cvr_urn = format!("{CVR_URN_PREFIX}{}", escape(spec.cvr));
+    format!(
+        concat!(
+            r#"<Haendelsesbesked xmlns="{kuvert}" xmlns:sd="{sagdok}">"#,
+            r#"<BeskedId><sd:UUIDIdentifikator>{id}</sd:UUIDIdentifikator></BeskedId>"#,
+            r#"<BeskedVersion>{version}</BeskedVersion>"#,
+            r#"<Beskedkuvert><Filtreringsdata>"#,
+            r#"<Beskedtype><sd:UUIDIdentifikator>{alive}</sd:UUIDIdentifikator></Beskedtype>"#,
+            r#"<BeskedAnsvarligAktoer><sd:UUIDIdentifikator>{aktoer}</sd:UUIDIdentifikator></BeskedAnsvarligAktoer>"#,
+            r#"<TilladtModtager><sd:URNIdentifikator>{cvr}</sd:URNIdentifikator></TilladtModtager>"#,
+            r#"<ObjektRegistrering>"#,
+            r#"<ObjektRegistreringId><sd:UUIDIdentifikator>{id}</sd:UUIDIdentifikator></ObjektRegistreringId>"#,
+            r#"<ObjektAnsvarligMyndighed><sd:URNIdentifikator>{cvr}</sd:URNIdentifikator></ObjektAnsvarligMyndighed>"#,
+            r#"</ObjektRegistrering>"#,
+            r#"</Filtreringsdata>"#,
+            r#"<Leveranceinformation><Dannelsestidspunkt><sd:TidsstempelDatoTid>{made}</sd:TidsstempelDatoTid></Dannelsestidspunkt></Leveranceinformation>"#,
+            r#"</Beskedkuvert>"#,
+            r#"<Beskeddata><AliveProbe xmlns="{probe}">"#,
+            r#"<Instance>{instance}</Instance><Run>{run}</Run><Dueslag>{dueslag}</Dueslag>"#,
+            r#"<Sequence>{seq}</Sequence><SentAt>{sent}</SentAt>"#,
+            r#"</AliveProbe></Beskeddata>"#,
+            r#"</Haendelsesbesked>"#
+        ),
+        kuvert = NS_KUVERT,
+        sagdok = NS_SAGDOK,
+        probe = NS_PROBE,
+        id = spec.besked_id,
+        version = BESKED_VERSION,
+        alive = ALIVE_BESKEDTYPE,
+        aktoer = spec.anvendersystem,
+        cvr = cvr_urn,
+        made = format_time(p.sent_at),
+        instance = escape(&p.instance),
+        run = p.run,
+        dueslag = escape(&p.dueslag),
+        seq = p.sequence,
+        sent = format_time(p.sent_at),
+    )
+}
+
+const XML_DECL: &str = r#"<?xml version="1.0" encoding="UTF-8"?>"#;
+
+/// An Alive Haendelsesbesked as a UTF-8 XML document.
+pub fn build_alive(spec: &AliveSpec<'_>) -> String {
+    format!("{XML_DECL}{}", alive_element(spec))
+}
+
+/// Wraps a Haendelsesbesked document into a ModtagBeskedInput (what BFO POSTs on push).
+pub fn build_modtag_besked_input(haendelsesbesked_xml: &str) -> String {
+    let inner = haendelsesbesked_xml
+        .trim_start()
+        .strip_prefix("<?xml")
+        .and_then(|rest| rest.split_once("?>").map(|(_, body)| body))
+        .unwrap_or(haendelsesbesked_xml);
+    format!(r#"{XML_DECL}<ModtagBeskedInput xmlns="{NS_STS}">{inner}</ModtagBeskedInput>"#)
+}
+
+fn standard_retur_element(r: &StandardRetur) -> String {
+    let text = r
+        .fejlbesked_tekst
+        .as_deref()
+        .map(|t| format!("<FejlbeskedTekst>{}</FejlbeskedTekst>", escape(t)))
+        .unwrap_or_default();
+    format!(
+        r#"<StandardRetur xmlns="{NS_SAGDOK}"><StatusKode>{}</StatusKode>{text}</StandardRetur>"#,
+        r.status_kode
+    )
+}
+
+/// A StandardRetur document (the Afsend reply).
+pub fn build_standard_retur(r: &StandardRetur) -> String {
+    format!("{XML_DECL}{}", standard_retur_element(r))
+}
+
+/// A ModtagBeskedOutput document (the push receiver's answer).
+pub fn build_modtag_besked_output(r: &StandardRetur) -> String {
+    format!(
+        r#"{XML_DECL}<ModtagBeskedOutput xmlns="{NS_STS}">{}</ModtagBeskedOutput>"#,
+        standard_retur_element(r)
+    )
+}
+
+/// Parses bytes into a document, refusing DTDs and oversized or too deep input.
+fn parse_document(bytes: &[u8]) -> Result<Document<'_>, ParseError> {
+    if bytes.len() > MAX_XML_BYTES {
+        return Err(ParseError::TooLarge(bytes.len()));
+    }
+    let text = std::str::from_utf8(bytes).map_err(|_| ParseError::NotUtf8)?;
+    check_depth(text)?;
+    let opts = ParsingOptions {
+        allow_dtd: false,
+        nodes_limit: MAX_XML_NODES,
+        ..ParsingOptions::default()
+    };
+    Document::parse_with_options(text, opts).map_err(|e| ParseError::Xml(e.to_string()))
+}
+
+/// A cheap pre-scan bounding element depth before the tree is built.
+fn check_depth(text: &str) -> Result<(), ParseError> {
+    let bytes = text.as_bytes();
+    let mut depth: usize = 0;
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'<' {
+            let next = bytes.get(i + 1).copied().unwrap_or(b' ');
+            let close = text[i..].find('>').map(|p| i + p);
+            let self_closing = close.is_some_and(|c| c > i && bytes[c - 1] == b'/');
+            match next {
+                b'/' => depth = depth.saturating_sub(1),
+                b'?' | b'!' => {}
+                _ if !self_closing => {
+                    depth += 1;
+                    if depth > MAX_XML_DEPTH {
+                        return Err(ParseError::TooDeep);
+                    }
+                }
+                _ => {}
+            }
+            i = close.map_or(bytes.len(), |c| c + 1);
+        } else {
+            i += 1;
+        }
+    }
+    Ok(())
+}
+
+fn is(node: &Node<'_, '_>, ns: &str, name: &str) -> bool {
+    node.is_element() && node.tag_name().name() == name && node.tag_name().namespace() == Some(ns)
+}
+
+fn child<'a, 'input>(node: Node<'a, 'input>, ns: &str, name: &str) -> Option<Node<'a, 'input>> {
+    node.children().find(|c| is(c, ns, name))
+}
+
+fn sagdok_child<'a, 'input>(node: Node<'a, 'input>, name: &str) -> Option<Node<'a, 'input>> {
+    child(node, NS_SAGDOK, name).or_else(|| child(node, NS_SAGDOK_VARIANT, name))
+}
+
+fn text_of(node: Node<'_, '_>) -> Option<String> {
+    let t = node.text()?.trim();
+    (!t.is_empty()).then(|| t.to_string())
+}
+
+/// Follows a path of kuvert-namespace elements, then reads a sagdok leaf.
+fn kuvert_leaf(root: Node<'_, '_>, path: &[&str], leaf: &str) -> Option<String> {
+    let mut node = root;
+    for step in path {
+        node = child(node, NS_KUVERT, step)?;
+    }
+    sagdok_child(node, leaf).and_then(text_of)
+}
+
+fn expect_root(node: Node<'_, '_>, ns: &'static str, name: &'static str) -> Result<(), ParseError> {
+    if is(&node, ns, name) {
+        Ok(())
+    } else {
+        Err(ParseError::WrongRoot {
+            ns: node.tag_name().namespace().unwrap_or("").to_string(),
+            name: node.tag_name().name().to_string(),
+            want_ns: ns,
+            want: name,
+        })
+    }
+}
+
+fn read_probe(beskeddata: Node<'_, '_>) -> Option<ProbePayload> {
+    let probe = child(beskeddata, NS_PROBE, "AliveProbe")?;
+    let field = |name| child(probe, NS_PROBE, name).and_then(text_of);
+    Some(ProbePayload {
+        instance: field("Instance")?,
+        run: field("Run")?.parse().ok()?,
+        dueslag: field("Dueslag")?,
+        sequence: field("Sequence")?.parse().ok()?,
+        sent_at: parse_time(&field("SentAt")?)?,
+    })
+}
+
+fn read_haendelsesbesked(root: Node<'_, '_>) -> Result<Haendelsesbesked, ParseError> {
+    expect_root(root, NS_KUVERT, "Haendelsesbesked")?;
+    let besked_id = kuvert_leaf(root, &["BeskedId"], "UUIDIdentifikator")
+        .and_then(|t| t.parse().ok())
+        .ok_or(ParseError::Missing("BeskedId/UUIDIdentifikator"))?;
+    let filtrering = ["Beskedkuvert", "Filtreringsdata"];
+    let leaf_under = |last: &str, leaf: &str| {
+        let mut path = filtrering.to_vec();
+        path.push(last);
+        kuvert_leaf(root, &path, leaf)
+    };
+    let uuid_under = |last: &str| leaf_under(last, "UUIDIdentifikator").and_then(|t| t.parse().ok());
+    Ok(Haendelsesbesked {
+        besked_id,
+        beskedtype: uuid_under("Beskedtype"),
+        ansvarlig_aktoer: uuid_under("BeskedAnsvarligAktoer"),
+        tilladt_modtager: leaf_under("TilladtModtager", "URNIdentifikator"),
+        dannelsestidspunkt: kuvert_leaf(
+            root,
+            &["Beskedkuvert", "Leveranceinformation", "Dannelsestidspunkt"],
+            "TidsstempelDatoTid",
+        ),
+        probe: child(root, NS_KUVERT, "Beskeddata").and_then(read_probe),
+    })
+}
+
+/// Parses a Haendelsesbesked document (pull delivery, Afsend body).
+pub fn parse_haendelsesbesked(bytes: &[u8]) -> Result<Haendelsesbesked, ParseError> {
+    let doc = parse_document(bytes)?;
+    read_haendelsesbesked(doc.root_element())
+}
+
+/// Parses a ModtagBeskedInput (push body) and the Haendelsesbesked inside it.
+pub fn parse_modtag_besked_input(bytes: &[u8]) -> Result<Haendelsesbesked, ParseError> {
+    let doc = parse_document(bytes)?;
+    let root = doc.root_element();
+    expect_root(root, NS_STS, "ModtagBeskedInput")?;
+    let inner = root
+        .children()
+        .find(|c| c.is_element())
+        .ok_or(ParseError::Missing("Haendelsesbesked in ModtagBeskedInput"))?;
+    read_haendelsesbesked(inner)
+}
+
+fn read_standard_retur(node: Node<'_, '_>) -> Result<StandardRetur, ParseError> {
+    if !(is(&node, NS_SAGDOK, "StandardRetur") || is(&node, NS_SAGDOK_VARIANT, "StandardRetur")) {
+        return Err(ParseError::WrongRoot {
+            ns: node.tag_name().namespace().unwrap_or("").to_string(),
+            name: node.tag_name().name().to_string(),
+            want_ns: NS_SAGDOK,
+            want: "StandardRetur",
+        });
+    }
+    let status_kode = sagdok_child(node, "StatusKode")
+        .and_then(text_of)
+        .and_then(|t| t.parse().ok())
+        .ok_or(ParseError::Missing("StandardRetur/StatusKode"))?;
+    Ok(StandardRetur {
+        status_kode,
+        fejlbesked_tekst: sagdok_child(node, "FejlbeskedTekst").and_then(text_of),
+    })
+}
+
+/// Parses a StandardRetur document (either sagdok namespace spelling).
+pub fn parse_standard_retur(bytes: &[u8]) -> Result<StandardRetur, ParseError> {
+    let doc = parse_document(bytes)?;
+    read_standard_retur(doc.root_element())
+}
+
+/// Parses a ModtagBeskedOutput (the push receiver's answer).
+pub fn parse_modtag_besked_output(bytes: &[u8]) -> Result<StandardRetur, ParseError> {
+    let doc = parse_document(bytes)?;
+    let root = doc.root_element();
+    expect_root(root, NS_STS, "ModtagBeskedOutput")?;
+    let inner = root
+        .children()
+        .find(|c| c.is_element())
+        .ok_or(ParseError::Missing("StandardRetur in ModtagBeskedOutput"))?;
+    read_standard_retur(inner)
+}
+
+/// A Haendelsesbesked that is not an Alive message (a stand-in for business traffic,
+/// used by the simulator and tests). It carries no real business data.
+pub fn build_business_message(besked_id: Uuid, beskedtype: Uuid) -> String {
+    format!(
+        concat!(
+            r#"{decl}<k:Haendelsesbesked xmlns:k="{kuvert}" xmlns:s="{sagdok}">"#,
+            r#"<k:BeskedId><s:UUIDIdentifikator>{id}</s:UUIDIdentifikator></k:BeskedId>"#,
+            r#"<k:BeskedVersion>1.0</k:BeskedVersion>"#,
+            r#"<k:Beskedkuvert><k:Filtreringsdata><k:Beskedtype><s:UUIDIdentifikator>{t}</s:UUIDIdentifikator></k:Beskedtype></k:Filtreringsdata></k:Beskedkuvert>"#,
+            r#"<k:Beskeddata/></k:Haendelsesbesked>"#
+        ),
+        decl = XML_DECL,
+        kuvert = NS_KUVERT,
+        sagdok = NS_SAGDOK,
+        id = besked_id,
+        t = beskedtype
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn payload() -> ProbePayload {
+        ProbePayload {
+            instance: "exp-1 <&>".into(),
+            run: Uuid::new_v4(),
+            dueslag: "sag-pull".into(),
+            sequence: 42,
+            sent_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_790_000_000_123),
+        }
+    }
+
+    fn alive(p: &ProbePayload) -> (Uuid, String) {
+        let id = Uuid::new_v4();
+        let xml = build_alive(&AliveSpec {
+            besked_id: id,
+            anvendersystem: Uuid::nil(),
+            cvr: "29189846",
+            payload: p,
+        });
+        (id, xml)
+    }
+
+    #[test]
+    fn alive_round_trips() {
+        let p = payload();
+        let (id, xml) = alive(&p);
+        let m = parse_haendelsesbesked(xml.as_bytes()).unwrap();
+        assert_eq!(m.besked_id, id);
+        assert!(m.is_alive());
+        assert_eq!(m.ansvarlig_aktoer, Some(Uuid::nil()));
+        assert_eq!(m.tilladt_modtager.as_deref(), Some("urn:oio:cvr-nr:29189846"));
+        assert_eq!(m.probe, Some(p));
+        assert!(m.dannelsestidspunkt.unwrap().ends_with(".123Z"));
+    }
+
+    /// The same message as another sender might write it: the envelope prefixed, the
+    /// sagdok leaves in a default namespace, and our payload under a prefix.
+    const OTHER_PREFIXES: &str = r#"<?xml version="1.0"?>
+<ns2:Haendelsesbesked xmlns:ns2="urn:oio:besked:kuvert:1.0" xmlns:p="urn:bfo-alive-exporter:probe:1">
+  <ns2:BeskedId><UUIDIdentifikator xmlns="urn:oio:sagdok:3.0.0">0b1c3a42-8d2e-4f51-9a3b-1c2d3e4f5a6b</UUIDIdentifikator></ns2:BeskedId>
+  <ns2:BeskedVersion>1.0</ns2:BeskedVersion>
+  <ns2:Beskedkuvert><ns2:Filtreringsdata>
+    <ns2:Beskedtype><UUIDIdentifikator xmlns="urn:oio:sagdok:3.0.0">f7e84a06-c47e-42e8-a864-fb4095d7f520</UUIDIdentifikator></ns2:Beskedtype>
+    <ns2:TilladtModtager><q:URNIdentifikator xmlns:q="urn:oio:sag-dok:3.0.0">urn:oio:cvr-nr:29189846</q:URNIdentifikator></ns2:TilladtModtager>
+  </ns2:Filtreringsdata></ns2:Beskedkuvert>
+  <ns2:Beskeddata><p:AliveProbe><p:Instance>x</p:Instance><p:Run>00000000-0000-0000-0000-000000000001</p:Run>
+    <p:Dueslag>d</p:Dueslag><p:Sequence>7</p:Sequence><p:SentAt>2026-12-01T06:00:00.5Z</p:SentAt></p:AliveProbe></ns2:Beskeddata>
+</ns2:Haendelsesbesked>"#;
+
+    #[test]
+    fn prefixes_do_not_matter_but_namespaces_do() {
+        let m = parse_haendelsesbesked(OTHER_PREFIXES.as_bytes()).unwrap();
+        assert!(m.is_alive());
+        assert_eq!(m.besked_id.to_string(), "0b1c3a42-8d2e-4f51-9a3b-1c2d3e4f5a6b");
+        assert_eq!(m.tilladt_modtager.as_deref(), Some("urn:oio:cvr-nr:29189846"));
+        let probe = m.probe.unwrap();
+        assert_eq!((probe.sequence, probe.dueslag.as_str()), (7, "d"));
+
+        let wrong_root = OTHER_PREFIXES.replace("urn:oio:besked:kuvert:1.0", "urn:example:other");
+        assert!(matches!(
+            parse_haendelsesbesked(wrong_root.as_bytes()),
+            Err(ParseError::WrongRoot { .. })
+        ));
+        // The Beskedtype leaf in a foreign namespace is not an Alive beskedtype.
+        let wrong_leaf = OTHER_PREFIXES.replacen(
+            r#"<ns2:Beskedtype><UUIDIdentifikator xmlns="urn:oio:sagdok:3.0.0">"#,
+            r#"<ns2:Beskedtype><UUIDIdentifikator xmlns="urn:example:other">"#,
+            1,
+        );
+        assert!(!parse_haendelsesbesked(wrong_leaf.as_bytes()).unwrap().is_alive());
+        // The payload in another namespace is not ours.
+        let wrong_payload = OTHER_PREFIXES.replace("urn:bfo-alive-exporter:probe:1", "urn:example:p");
+        assert!(parse_haendelsesbesked(wrong_payload.as_bytes()).unwrap().probe.is_none());
+    }
+
+    #[test]
+    fn business_message_is_not_alive() {
+        let xml = build_business_message(Uuid::new_v4(), Uuid::new_v4());
+        let m = parse_haendelsesbesked(xml.as_bytes()).unwrap();
+        assert!(!m.is_alive());
+        assert!(m.probe.is_none());
+    }
+
+    #[test]
+    fn refuses_dtd_and_entities() {
+        let xml = r#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><Haendelsesbesked xmlns="urn:oio:besked:kuvert:1.0">&e;</Haendelsesbesked>"#;
+        assert!(matches!(parse_haendelsesbesked(xml.as_bytes()), Err(ParseError::Xml(_))));
+        let bomb = r#"<!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><x>&b;</x>"#;
+        assert!(matches!(parse_haendelsesbesked(bomb.as_bytes()), Err(ParseError::Xml(_))));
+    }
+
+    #[test]
+    fn bounds_size_and_depth() {
+        let deep = "<a>".repeat(MAX_XML_DEPTH + 1) + &"</a>".repeat(MAX_XML_DEPTH + 1);
+        assert_eq!(parse_haendelsesbesked(deep.as_bytes()), Err(ParseError::TooDeep));
+        let ok_depth = "<a>".repeat(MAX_XML_DEPTH) + &"</a>".repeat(MAX_XML_DEPTH);
+        assert!(matches!(parse_haendelsesbesked(ok_depth.as_bytes()), Err(ParseError::WrongRoot { .. })));
+        let big = vec![b' '; MAX_XML_BYTES + 1];
+        assert_eq!(parse_haendelsesbesked(&big), Err(ParseError::TooLarge(MAX_XML_BYTES + 1)));
+        assert_eq!(parse_haendelsesbesked(&[0xff, 0xfe]), Err(ParseError::NotUtf8));
+        assert!(matches!(parse_haendelsesbesked(b"<unclosed"), Err(ParseError::Xml(_))));
+    }
+
+    #[test]
+    fn standard_retur_both_namespaces() {
+        let ours = build_standard_retur(&StandardRetur::error(41, "token <expired>"));
+        assert_eq!(
+            parse_standard_retur(ours.as_bytes()).unwrap(),
+            StandardRetur::error(41, "token <expired>")
+        );
+        let variant = r#"<s:StandardRetur xmlns:s="urn:oio:sag-dok:3.0.0"><s:StatusKode> 20 </s:StatusKode></s:StandardRetur>"#;
+        assert_eq!(parse_standard_retur(variant.as_bytes()).unwrap(), StandardRetur::ok());
+        let missing = r#"<StandardRetur xmlns="urn:oio:sagdok:3.0.0"/>"#;
+        assert_eq!(
+            parse_standard_retur(missing.as_bytes()),
+            Err(ParseError::Missing("StandardRetur/StatusKode"))
+        );
+    }
+
+    #[test]
+    fn push_envelopes_round_trip() {
+        let p = payload();
+        let (id, xml) = alive(&p);
+        let input = build_modtag_besked_input(&xml);
+        assert_eq!(input.matches("<?xml").count(), 1);
+        let m = parse_modtag_besked_input(input.as_bytes()).unwrap();
+        assert_eq!(m.besked_id, id);
+        assert!(parse_modtag_besked_input(xml.as_bytes()).is_err());
+        let out = build_modtag_besked_output(&StandardRetur::ok());
+        assert_eq!(parse_modtag_besked_output(out.as_bytes()).unwrap(), StandardRetur::ok());
+    }
+}
