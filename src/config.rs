@@ -1,0 +1,655 @@
+//! Configuration: the TOML file of DESIGN §5, parsed, defaulted and validated in one place.
+//!
+//! Unknown keys are errors; every error names the file and the key. Secrets (passwords in
+//! the broker URL) never print: `Debug` masks them. [`Config::dueslag_specs`] resolves each
+//! `[[dueslag]]` against `[defaults]` and `[sim.faults]` into the value the supervisor diffs
+//! on reload.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::protocol;
+
+/// A configuration problem, naming the file (or `<embedded demo>`) and the key.
+#[derive(Debug, Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub exporter: ExporterConfig,
+    pub identity: IdentityConfig,
+    pub broker: Option<BrokerConfig>,
+    pub token: Option<TokenConfig>,
+    #[serde(default)]
+    pub push: PushConfig,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub dueslag: Vec<DueslagConfig>,
+    #[serde(default)]
+    pub sim: SimConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExporterConfig {
+    /// Goes into every Alive payload; default: the host name.
+    pub instance: Option<String>,
+    /// Upper bounds (seconds) of the round-trip histogram buckets.
+    #[serde(default = "default_buckets")]
+    pub roundtrip_buckets: Vec<f64>,
+    /// Enables `GET /probe` (it sends real messages).
+    #[serde(default)]
+    pub probe_endpoint: bool,
+}
+
+impl Default for ExporterConfig {
+    fn default() -> Self {
+        ExporterConfig {
+            instance: None,
+            roundtrip_buckets: default_buckets(),
+            probe_endpoint: false,
+        }
+    }
+}
+
+/// 10 ms to 5 min, roughly ×2.5 per step.
+pub fn default_buckets() -> Vec<f64> {
+    vec![
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    ]
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The sending anvendersystem's UUID (BeskedAnsvarligAktoer).
+    pub anvendersystem: Uuid,
+    /// The authority's CVR number, 8 digits.
+    pub cvr: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Amqp,
+    Sim,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthKind {
+    External,
+    Plain,
+}
+
+/// An AMQP URL whose password never prints.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct BrokerUrl(pub String);
+
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&mask_url(&self.0))
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub fn mask_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable url>".to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub backend: BackendKind,
+    pub url: Option<BrokerUrl>,
+    #[serde(default = "default_auth")]
+    pub auth: AuthKind,
+    pub tls: Option<BrokerTls>,
+    /// Messages a pull consumer may hold unacknowledged (prefetch).
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+}
+
+fn default_auth() -> AuthKind {
+    AuthKind::External
+}
+
+fn default_prefetch() -> u16 {
+    20
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub pkcs12_file: Option<PathBuf>,
+    pub pkcs12_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenSourceKind {
+    Sts,
+    File,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub source: TokenSourceKind,
+    pub sts_url: Option<String>,
+    pub afsend_entity_id: Option<String>,
+    pub afhent_entity_id: Option<String>,
+    pub file: Option<PathBuf>,
+    /// Renew when this share of the token's lifetime has passed.
+    #[serde(default = "default_renew_at")]
+    pub renew_at: f64,
+}
+
+fn default_renew_at() -> f64 {
+    0.8
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// Own address for the push endpoint; default: the main listener.
+    pub listen: Option<String>,
+    #[serde(default = "default_max_body")]
+    pub max_body: bytesize::ByteSize,
+    pub tls: Option<PushTls>,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            listen: None,
+            max_body: default_max_body(),
+            tls: None,
+        }
+    }
+}
+
+fn default_max_body() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(1)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PushTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(with = "humantime_serde", default = "default_interval")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+    /// Wait for the StandardRetur of one Afsend attempt.
+    #[serde(with = "humantime_serde", default = "default_send_timeout")]
+    pub send_timeout: Duration,
+    #[serde(default = "default_send_attempts")]
+    pub send_attempts: u32,
+    /// Share of the interval added or taken at random, 0..0.5.
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    /// Probes in flight per dueslag at most; the oldest is timed out to make room.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+    /// Unacknowledged non-Alive messages held in a pull dueslag before it stops consuming.
+    #[serde(default = "default_max_held")]
+    pub max_held: usize,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            interval: default_interval(),
+            timeout: default_timeout(),
+            send_timeout: default_send_timeout(),
+            send_attempts: default_send_attempts(),
+            jitter: default_jitter(),
+            max_inflight: default_max_inflight(),
+            max_held: default_max_held(),
+        }
+    }
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(protocol::DEFAULT_SEND_TIMEOUT_SECS)
+}
+fn default_send_attempts() -> u32 {
+    protocol::DEFAULT_SEND_ATTEMPTS
+}
+fn default_jitter() -> f64 {
+    0.1
+}
+fn default_max_inflight() -> usize {
+    64
+}
+fn default_max_held() -> usize {
+    5
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Pull,
+    Push,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Pull => "pull",
+            Mode::Push => "push",
+        }
+    }
+}
+
+/// What a pull dueslag does with a message that is not an Alive message (DESIGN §3).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unexpected {
+    /// Keep it unacknowledged; it returns to the queue when the channel closes.
+    #[default]
+    Hold,
+    /// `basic.nack(requeue=false)`: the broker dead-letters it to the dueslag's error queue.
+    ErrorQueue,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DueslagConfig {
+    pub name: String,
+    pub mode: Mode,
+    pub queue: Option<String>,
+    #[serde(with = "humantime_serde", default)]
+    pub interval: Option<Duration>,
+    #[serde(with = "humantime_serde", default)]
+    pub timeout: Option<Duration>,
+    pub unexpected: Option<Unexpected>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    #[serde(default)]
+    pub faults: BTreeMap<String, Faults>,
+}
+
+/// An outage window, relative to the start of the simulator.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    #[serde(with = "humantime_serde")]
+    pub start: Duration,
+    #[serde(with = "humantime_serde")]
+    pub length: Duration,
+}
+
+/// Fault injection for one dueslag of the simulator (or the emulator).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    #[serde(with = "humantime_serde", default)]
+    pub delay: Duration,
+    #[serde(with = "humantime_serde", default)]
+    pub jitter: Duration,
+    #[serde(default)]
+    pub loss: f64,
+    #[serde(default)]
+    pub duplicate: f64,
+    #[serde(default)]
+    pub reorder: f64,
+    #[serde(default)]
+    pub reject: f64,
+    #[serde(default = "default_reject_code")]
+    pub reject_code: i32,
+    /// Share of Afsend calls never answered (the sender times out).
+    #[serde(default)]
+    pub no_reply: f64,
+    /// Share of Afsend calls returned as unroutable.
+    #[serde(default)]
+    pub unroutable: f64,
+    #[serde(with = "humantime_serde", default)]
+    pub business_every: Duration,
+    #[serde(default)]
+    pub outages: Vec<Outage>,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reject: 0.0,
+            reject_code: default_reject_code(),
+            no_reply: 0.0,
+            unroutable: 0.0,
+            business_every: Duration::ZERO,
+            outages: Vec::new(),
+        }
+    }
+}
+
+fn default_reject_code() -> i32 {
+    protocol::status::TOKEN_EXPIRED
+}
+
+/// One dueslag with every default resolved: what a probe loop runs on, and what
+/// reload compares to decide whether the loop restarts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueslagSpec {
+    pub name: String,
+    pub mode: Mode,
+    pub queue: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub send_timeout: Duration,
+    pub send_attempts: u32,
+    pub jitter: f64,
+    pub max_inflight: usize,
+    pub max_held: usize,
+    pub unexpected: Unexpected,
+    pub faults: Faults,
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.to_string(),
+            message,
+        };
+        let config: Config = toml::from_str(text).map_err(|e| err(describe_toml_error(&e, text)))?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    pub fn backend(&self) -> BackendKind {
+        self.broker.as_ref().map_or(BackendKind::Sim, |b| b.backend)
+    }
+
+    /// The instance id written into every payload.
+    pub fn instance(&self) -> String {
+        self.exporter.instance.clone().unwrap_or_else(|| {
+            hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "bfo-alive-exporter".to_string())
+        })
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let cvr = &self.identity.cvr;
+        if cvr.len() != 8 || !cvr.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!("identity.cvr: {cvr:?} is not an 8-digit CVR number"));
+        }
+        let b = &self.exporter.roundtrip_buckets;
+        if b.is_empty() || b.windows(2).any(|w| w[0] >= w[1]) || b.iter().any(|v| !v.is_finite() || *v <= 0.0) {
+            return Err("exporter.roundtrip_buckets: must be positive, finite and strictly increasing".into());
+        }
+        if let Some(broker) = &self.broker {
+            if broker.backend == BackendKind::Amqp {
+                let url = broker.url.as_ref().ok_or("broker.url: required with backend = \"amqp\"")?;
+                let parsed = url::Url::parse(&url.0)
+                    .map_err(|e| format!("broker.url: {} ({e})", mask_url(&url.0)))?;
+                if !matches!(parsed.scheme(), "amqp" | "amqps") {
+                    return Err(format!("broker.url: scheme must be amqp or amqps, not {:?}", parsed.scheme()));
+                }
+                if broker.auth == AuthKind::External {
+                    match &self.token {
+                        None => return Err("token: required with broker.auth = \"external\"".into()),
+                        Some(t) if t.source == TokenSourceKind::None => {
+                            return Err("token.source: \"none\" cannot be used with broker.auth = \"external\"".into())
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if broker.prefetch == 0 {
+                return Err("broker.prefetch: must be at least 1".into());
+            }
+            if let Some(tls) = &broker.tls {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    return Err("broker.tls: cert_file and key_file go together".into());
+                }
+                if tls.pkcs12_file.is_some() && tls.cert_file.is_some() {
+                    return Err("broker.tls: use either cert_file/key_file or pkcs12_file, not both".into());
+                }
+            }
+        }
+        if let Some(t) = &self.token {
+            match t.source {
+                TokenSourceKind::Sts => {
+                    for (key, v) in [
+                        ("token.sts_url", &t.sts_url),
+                        ("token.afsend_entity_id", &t.afsend_entity_id),
+                        ("token.afhent_entity_id", &t.afhent_entity_id),
+                    ] {
+                        if v.is_none() {
+                            return Err(format!("{key}: required with token.source = \"sts\""));
+                        }
+                    }
+                }
+                TokenSourceKind::File if t.file.is_none() => {
+                    return Err("token.file: required with token.source = \"file\"".into())
+                }
+                _ => {}
+            }
+            if !(t.renew_at > 0.0 && t.renew_at < 1.0) {
+                return Err("token.renew_at: must be between 0 and 1".into());
+            }
+        }
+        let d = &self.defaults;
+        for (key, v) in [
+            ("defaults.interval", d.interval),
+            ("defaults.timeout", d.timeout),
+            ("defaults.send_timeout", d.send_timeout),
+        ] {
+            if v.is_zero() {
+                return Err(format!("{key}: must be more than 0s"));
+            }
+        }
+        if d.send_attempts == 0 {
+            return Err("defaults.send_attempts: must be at least 1".into());
+        }
+        if !(0.0..=0.5).contains(&d.jitter) {
+            return Err("defaults.jitter: must be between 0 and 0.5".into());
+        }
+        if d.max_inflight == 0 {
+            return Err("defaults.max_inflight: must be at least 1".into());
+        }
+        if let Some(b) = &self.broker
+            && usize::from(b.prefetch) <= d.max_held
+        {
+            return Err(format!(
+                "broker.prefetch: must be larger than defaults.max_held ({}) so Alive messages keep flowing past held ones",
+                d.max_held
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, ds) in self.dueslag.iter().enumerate() {
+            let key = format!("dueslag[{i}]");
+            if ds.name.is_empty()
+                || !ds.name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+            {
+                return Err(format!("{key}.name: {:?} must match [a-z0-9_-]+", ds.name));
+            }
+            if !names.insert(ds.name.as_str()) {
+                return Err(format!("{key}.name: {:?} is configured twice", ds.name));
+            }
+            let key = format!("dueslag.{}", ds.name);
+            match ds.mode {
+                Mode::Pull if ds.queue.as_deref().is_none_or(str::is_empty) => {
+                    return Err(format!("{key}.queue: required for a pull dueslag (the dueslag UUID)"))
+                }
+                Mode::Push if ds.queue.is_some() => {
+                    return Err(format!("{key}.queue: only pull dueslag have a queue"))
+                }
+                Mode::Push if ds.unexpected.is_some() => {
+                    return Err(format!("{key}.unexpected: only for pull dueslag; push answers non-20"))
+                }
+                _ => {}
+            }
+            for (k, v) in [("interval", ds.interval), ("timeout", ds.timeout)] {
+                if v.is_some_and(|v| v.is_zero()) {
+                    return Err(format!("{key}.{k}: must be more than 0s"));
+                }
+            }
+        }
+        for (name, f) in &self.sim.faults {
+            let key = format!("sim.faults.{name}");
+            if !names.contains(name.as_str()) {
+                return Err(format!("{key}: no dueslag is named {name:?}"));
+            }
+            for (k, v) in [
+                ("loss", f.loss),
+                ("duplicate", f.duplicate),
+                ("reorder", f.reorder),
+                ("reject", f.reject),
+                ("no_reply", f.no_reply),
+                ("unroutable", f.unroutable),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(format!("{key}.{k}: {v} is not between 0 and 1"));
+                }
+            }
+            if f.reject_code == protocol::status::OK {
+                return Err(format!("{key}.reject_code: 20 is acceptance, not a rejection"));
+            }
+        }
+        if !self.sim.faults.is_empty() && self.backend() != BackendKind::Sim {
+            return Err("sim.faults: only with the sim backend (omit [broker] or set backend = \"sim\")".into());
+        }
+        Ok(())
+    }
+
+    /// Every dueslag with its defaults resolved.
+    pub fn dueslag_specs(&self) -> Vec<DueslagSpec> {
+        let d = &self.defaults;
+        self.dueslag
+            .iter()
+            .map(|ds| DueslagSpec {
+                name: ds.name.clone(),
+                mode: ds.mode,
+                queue: ds.queue.clone(),
+                interval: ds.interval.unwrap_or(d.interval),
+                timeout: ds.timeout.unwrap_or(d.timeout),
+                send_timeout: d.send_timeout,
+                send_attempts: d.send_attempts,
+                jitter: d.jitter,
+                max_inflight: d.max_inflight,
+                max_held: d.max_held,
+                unexpected: ds.unexpected.unwrap_or_default(),
+                faults: self.sim.faults.get(&ds.name).cloned().unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Everything except the dueslag list and the faults: when this differs on reload,
+    /// every loop restarts on a new backend.
+    pub fn global_part(&self) -> Config {
+        let mut c = self.clone();
+        c.dueslag.clear();
+        c.sim.faults.clear();
+        c.defaults = Defaults::default();
+        c
+    }
+}
+
+/// Turns a toml error into one line: the line number, and the key it is about.
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let snippet = text[span.clone()].lines().next().unwrap_or("").trim();
+            format!("line {line}: {msg} (at `{snippet}`)")
+        }
+        None => msg,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const MINIMAL: &str = r#"
+[identity]
+anvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"
+cvr = "29189846"
+
+[[dueslag]]
+name = "a"
+mode = "pull"
+queue = "q"
+"#;
+
+    #[test]
+    fn minimal_is_sim_with_defaults() {
+        let c = Config::parse(MINIMAL, "m.toml").unwrap();
+        assert_eq!(c.backend(), BackendKind::Sim);
+        let s = &c.dueslag_specs()[0];
+        assert_eq!(s.interval, Duration::from_secs(30));
+        assert_eq!(s.timeout, Duration::from_secs(120));
+        assert_eq!(s.unexpected, Unexpected::Hold);
+    }
+
+    #[test]
+    fn broker_password_is_masked() {
+        let u = BrokerUrl("amqp://user:hunter2@host:5672/BF".into());
+        let shown = format!("{u:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("***"));
+    }
+}

@@ -1,0 +1,489 @@
+//! The metrics contract of DESIGN §4: the registry, and the one place where outcomes
+//! become series.
+//!
+//! Built on `prometheus-client` (the Prometheus org's crate: maintained, OpenMetrics with
+//! exemplars, and a 0.0.4 text encoder). Every known label set of a dueslag is created at 0
+//! when the dueslag starts and removed when it stops, so a removed dueslag's series vanish.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::{Registry, Unit};
+
+use crate::config::Mode;
+use crate::outcome::{Observer, Outcome, ProbeResult, ReceivedKind, SendFailure};
+use crate::process::ProcessCollector;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DueslagLabel {
+    pub dueslag: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DueslagMode {
+    pub dueslag: String,
+    pub mode: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ProbeLabels {
+    pub dueslag: String,
+    pub mode: &'static str,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub dueslag: String,
+    pub reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub dueslag: String,
+    pub mode: &'static str,
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabel {
+    pub service: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConnectionLabel {
+    pub connection: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+    pub revision: &'static str,
+}
+
+/// The exemplar attached to latency observations.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BeskedExemplar {
+    pub besked_id: String,
+}
+
+type Timestamp = Gauge<f64, AtomicU64>;
+type Latency = HistogramWithExemplars<BeskedExemplar>;
+
+/// Makes histograms with a fixed set of buckets.
+#[derive(Clone, Debug)]
+pub struct Buckets(Arc<[f64]>);
+
+impl MetricConstructor<Latency> for Buckets {
+    fn new_metric(&self) -> Latency {
+        HistogramWithExemplars::new(self.0.iter().copied())
+    }
+}
+
+/// Send (publish → StandardRetur) buckets: 5 ms to 30 s.
+const SEND_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+
+/// The two broker connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Afsend,
+    Afhent,
+}
+
+impl Role {
+    pub const ALL: [Role; 2] = [Role::Afsend, Role::Afhent];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Afsend => "afsend",
+            Role::Afhent => "afhent",
+        }
+    }
+}
+
+/// Every family of the contract. Cheap to clone (all handles are shared).
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Arc<Registry>,
+    probes: Family<ProbeLabels, Counter>,
+    roundtrip: Family<DueslagMode, Latency, Buckets>,
+    send_duration: Family<DueslagLabel, Latency, Buckets>,
+    send_failures: Family<ReasonLabels, Counter>,
+    received: Family<KindLabels, Counter>,
+    lost: Family<DueslagMode, Counter>,
+    last_success: Family<DueslagMode, Timestamp>,
+    last_attempt: Family<DueslagMode, Timestamp>,
+    probe_success: Family<DueslagMode, Gauge>,
+    inflight: Family<DueslagLabel, Gauge>,
+    held: Family<DueslagLabel, Gauge>,
+    consumer_paused: Family<DueslagLabel, Gauge>,
+    token_expiry: Family<ServiceLabel, Timestamp>,
+    token_renewal_failures: Family<ServiceLabel, Counter>,
+    connection_up: Family<ConnectionLabel, Gauge>,
+    reload_ok: Gauge,
+    reload_time: Timestamp,
+}
+
+/// Version and revision of this build.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const REVISION: &str = match option_env!("BFO_ALIVE_REVISION") {
+    Some(r) => r,
+    None => "unknown",
+};
+
+impl Metrics {
+    /// A registry with every global series; `roundtrip_buckets` in seconds.
+    pub fn new(roundtrip_buckets: &[f64]) -> Metrics {
+        let mut root = Registry::default();
+        root.register_collector(Box::new(ProcessCollector::new()));
+        let reg = root.sub_registry_with_prefix("bfo_alive");
+
+        let rt = Buckets(roundtrip_buckets.into());
+        let send = Buckets(SEND_BUCKETS.as_slice().into());
+        let m = Metrics {
+            registry: Arc::new(Registry::default()),
+            probes: Family::default(),
+            roundtrip: Family::new_with_constructor(rt),
+            send_duration: Family::new_with_constructor(send),
+            send_failures: Family::default(),
+            received: Family::default(),
+            lost: Family::default(),
+            last_success: Family::default(),
+            last_attempt: Family::default(),
+            probe_success: Family::default(),
+            inflight: Family::default(),
+            held: Family::default(),
+            consumer_paused: Family::default(),
+            token_expiry: Family::default(),
+            token_renewal_failures: Family::default(),
+            connection_up: Family::default(),
+            reload_ok: Gauge::default(),
+            reload_time: Timestamp::default(),
+        };
+        reg.register("probes", "Finished probes by result.", m.probes.clone());
+        reg.register_with_unit(
+            "roundtrip_duration",
+            "Time from sending an Alive message to receiving it in the dueslag.",
+            Unit::Seconds,
+            m.roundtrip.clone(),
+        );
+        reg.register_with_unit(
+            "send_duration",
+            "Time from publishing to the Afsend StandardRetur reply with StatusKode 20.",
+            Unit::Seconds,
+            m.send_duration.clone(),
+        );
+        reg.register("send_failures", "Failed Afsend calls by reason.", m.send_failures.clone());
+        reg.register("received", "Messages that arrived in a dueslag, by kind.", m.received.clone());
+        reg.register("lost", "Probes that timed out and never arrived, not even late.", m.lost.clone());
+        reg.register_with_unit(
+            "last_success_timestamp",
+            "When the last probe succeeded (Unix time).",
+            Unit::Seconds,
+            m.last_success.clone(),
+        );
+        reg.register_with_unit(
+            "last_attempt_timestamp",
+            "When the last probe was sent (Unix time).",
+            Unit::Seconds,
+            m.last_attempt.clone(),
+        );
+        reg.register("probe_success", "Outcome of the last finished probe (1 = success).", m.probe_success.clone());
+        reg.register("inflight", "Probes sent and not yet received or timed out.", m.inflight.clone());
+        reg.register(
+            "held_messages",
+            "Non-Alive messages held unacknowledged in a pull dueslag (they stay in the broker).",
+            m.held.clone(),
+        );
+        reg.register(
+            "consumer_paused",
+            "1 when a pull dueslag stopped consuming because too many non-Alive messages are held.",
+            m.consumer_paused.clone(),
+        );
+        reg.register_with_unit(
+            "token_expiry_timestamp",
+            "When the current token expires (Unix time).",
+            Unit::Seconds,
+            m.token_expiry.clone(),
+        );
+        reg.register(
+            "token_renewal_failures",
+            "Failed attempts to obtain or renew a token.",
+            m.token_renewal_failures.clone(),
+        );
+        reg.register("connection_up", "1 when the broker connection is open.", m.connection_up.clone());
+        reg.register(
+            "config_last_reload_successful",
+            "1 when the last configuration (re)load succeeded.",
+            m.reload_ok.clone(),
+        );
+        reg.register_with_unit(
+            "config_last_reload_success_timestamp",
+            "When the configuration was last loaded successfully (Unix time).",
+            Unit::Seconds,
+            m.reload_time.clone(),
+        );
+        let build = Family::<BuildLabels, Gauge>::default();
+        build
+            .get_or_create(&BuildLabels {
+                version: VERSION,
+                revision: REVISION,
+            })
+            .set(1);
+        reg.register("exporter_build_info", "Version and revision of the exporter.", build);
+        for s in Role::ALL {
+            let _ = m.token_expiry.get_or_create(&ServiceLabel { service: s.as_str() });
+            let _ = m.token_renewal_failures.get_or_create(&ServiceLabel { service: s.as_str() });
+            let _ = m.connection_up.get_or_create(&ConnectionLabel { connection: s.as_str() });
+        }
+        Metrics {
+            registry: Arc::new(root),
+            ..m
+        }
+    }
+
+    /// Creates every series of a dueslag at 0 and returns its observer.
+    pub fn dueslag(&self, name: &str, mode: Mode) -> DueslagMetrics {
+        let dm = DueslagMode {
+            dueslag: name.to_string(),
+            mode: mode.as_str(),
+        };
+        let dl = DueslagLabel {
+            dueslag: name.to_string(),
+        };
+        let probe = |result| {
+            self.probes
+                .get_or_create_owned(&ProbeLabels {
+                    dueslag: name.to_string(),
+                    mode: mode.as_str(),
+                    result,
+                })
+        };
+        DueslagMetrics {
+            success: probe("success"),
+            timeout: probe("timeout"),
+            send_error: probe("send_error"),
+            roundtrip: self.roundtrip.get_or_create_owned(&dm),
+            send_duration: self.send_duration.get_or_create_owned(&dl),
+            send_failures: SendFailure::ALL.map(|r| {
+                self.send_failures.get_or_create_owned(&ReasonLabels {
+                    dueslag: name.to_string(),
+                    reason: r.as_str(),
+                })
+            }),
+            received: ReceivedKind::ALL.map(|k| {
+                self.received.get_or_create_owned(&KindLabels {
+                    dueslag: name.to_string(),
+                    mode: mode.as_str(),
+                    kind: k.as_str(),
+                })
+            }),
+            lost: self.lost.get_or_create_owned(&dm),
+            last_success: self.last_success.get_or_create_owned(&dm),
+            last_attempt: self.last_attempt.get_or_create_owned(&dm),
+            probe_success: self.probe_success.get_or_create_owned(&dm),
+            inflight: self.inflight.get_or_create_owned(&dl),
+            held: self.held.get_or_create_owned(&dl),
+            consumer_paused: self.consumer_paused.get_or_create_owned(&dl),
+        }
+    }
+
+    /// Removes every series of a dueslag.
+    pub fn remove_dueslag(&self, name: &str, mode: Mode) {
+        let dm = DueslagMode {
+            dueslag: name.to_string(),
+            mode: mode.as_str(),
+        };
+        let dl = DueslagLabel {
+            dueslag: name.to_string(),
+        };
+        for result in ProbeResult::LABELS {
+            self.probes.remove(&ProbeLabels {
+                dueslag: name.to_string(),
+                mode: mode.as_str(),
+                result,
+            });
+        }
+        for r in SendFailure::ALL {
+            self.send_failures.remove(&ReasonLabels {
+                dueslag: name.to_string(),
+                reason: r.as_str(),
+            });
+        }
+        for k in ReceivedKind::ALL {
+            self.received.remove(&KindLabels {
+                dueslag: name.to_string(),
+                mode: mode.as_str(),
+                kind: k.as_str(),
+            });
+        }
+        self.roundtrip.remove(&dm);
+        self.lost.remove(&dm);
+        self.last_success.remove(&dm);
+        self.last_attempt.remove(&dm);
+        self.probe_success.remove(&dm);
+        self.send_duration.remove(&dl);
+        self.inflight.remove(&dl);
+        self.held.remove(&dl);
+        self.consumer_paused.remove(&dl);
+    }
+
+    pub fn set_connection_up(&self, role: Role, up: bool) {
+        self.connection_up
+            .get_or_create(&ConnectionLabel { connection: role.as_str() })
+            .set(i64::from(up));
+    }
+
+    pub fn set_token_expiry(&self, role: Role, expiry: Option<SystemTime>) {
+        self.token_expiry
+            .get_or_create(&ServiceLabel { service: role.as_str() })
+            .set(expiry.map_or(0.0, unix_seconds));
+    }
+
+    pub fn token_renewal_failed(&self, role: Role) {
+        self.token_renewal_failures
+            .get_or_create(&ServiceLabel { service: role.as_str() })
+            .inc();
+    }
+
+    pub fn config_loaded(&self, ok: bool) {
+        self.reload_ok.set(i64::from(ok));
+        if ok {
+            self.reload_time.set(unix_seconds(SystemTime::now()));
+        }
+    }
+
+    /// The Prometheus text format 0.0.4 (no exemplars).
+    pub fn render_text(&self) -> String {
+        let mut out = String::with_capacity(64 * 1024);
+        prometheus_client::encoding::prometheus_text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// OpenMetrics 1.0 text, with exemplars.
+    pub fn render_openmetrics(&self) -> String {
+        let mut out = String::with_capacity(64 * 1024);
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_seconds(t: SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// The series of one dueslag; turns its outcomes into metric updates.
+pub struct DueslagMetrics {
+    success: Counter,
+    timeout: Counter,
+    send_error: Counter,
+    roundtrip: Latency,
+    send_duration: Latency,
+    send_failures: [Counter; 5],
+    received: [Counter; 6],
+    lost: Counter,
+    last_success: Timestamp,
+    last_attempt: Timestamp,
+    probe_success: Gauge,
+    inflight: Gauge,
+    held: Gauge,
+    consumer_paused: Gauge,
+}
+
+impl Observer for DueslagMetrics {
+    fn observe(&self, outcome: Outcome) {
+        match outcome {
+            Outcome::Attempt { at, .. } => {
+                self.last_attempt.set(unix_seconds(at));
+            }
+            Outcome::Sent { duration } => self.send_duration.observe(duration.as_secs_f64(), None, None),
+            Outcome::SendFailed { reason, .. } => {
+                let i = SendFailure::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+                self.send_failures[i].inc();
+            }
+            Outcome::Finished { besked_id, result, at } => match result {
+                ProbeResult::Success { roundtrip } => {
+                    self.success.inc();
+                    self.roundtrip.observe(
+                        roundtrip.as_secs_f64(),
+                        Some(BeskedExemplar {
+                            besked_id: besked_id.to_string(),
+                        }),
+                        Some(at),
+                    );
+                    self.last_success.set(unix_seconds(at));
+                    self.probe_success.set(1);
+                }
+                ProbeResult::Timeout => {
+                    self.timeout.inc();
+                    self.probe_success.set(0);
+                }
+                ProbeResult::SendError(_) => {
+                    self.send_error.inc();
+                    self.probe_success.set(0);
+                }
+            },
+            Outcome::Received { kind, .. } => {
+                let i = ReceivedKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+                self.received[i].inc();
+            }
+            Outcome::Lost { .. } => {
+                self.lost.inc();
+            }
+            Outcome::Inflight(n) => {
+                self.inflight.set(n as i64);
+            }
+            Outcome::Held { count, paused } => {
+                self.held.set(count as i64);
+                self.consumer_paused.set(i64::from(paused));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+    use uuid::Uuid;
+
+    #[test]
+    fn every_label_set_starts_at_zero_and_goes_away() {
+        let m = Metrics::new(&crate::config::default_buckets());
+        let d = m.dueslag("sag-pull", Mode::Pull);
+        let text = m.render_text();
+        for needle in [
+            r#"bfo_alive_probes_total{dueslag="sag-pull",mode="pull",result="send_error"} 0"#,
+            r#"bfo_alive_send_failures_total{dueslag="sag-pull",reason="unroutable"} 0"#,
+            r#"bfo_alive_received_total{dueslag="sag-pull",mode="pull",kind="out_of_order"} 0"#,
+            r#"bfo_alive_roundtrip_duration_seconds_count{dueslag="sag-pull",mode="pull"} 0"#,
+            r#"bfo_alive_connection_up{connection="afhent"} 0"#,
+            r#"bfo_alive_exporter_build_info{version=""#,
+            "process_resident_memory_bytes ",
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        let id = Uuid::new_v4();
+        d.observe(Outcome::Finished {
+            besked_id: id,
+            result: ProbeResult::Success {
+                roundtrip: Duration::from_millis(30),
+            },
+            at: SystemTime::now(),
+        });
+        let om = m.render_openmetrics();
+        assert!(om.contains(&format!("# {{besked_id=\"{id}\"}} 0.03")), "{om}");
+        assert!(!m.render_text().contains("besked_id"));
+        m.remove_dueslag("sag-pull", Mode::Pull);
+        assert!(!m.render_text().contains("sag-pull"));
+    }
+}
