@@ -7,3 +7,6 @@ pub mod outcome;
 pub mod process;
 pub mod protocol;
 pub mod secret;
+pub mod send;
+pub mod sim;
+pub mod transport;

@@ -1,0 +1,285 @@
+//! The simulated Beskedfordeler: Afsend with fault injection, routing of each accepted
+//! Alive message to its dueslag, and injected business messages.
+//!
+//! The core decides *what* happens ([`faults`]) and *when*; a [`Sink`] decides *how* a
+//! message reaches a dueslag. The in-process sink ([`LocalSink`]) feeds [`queue::SimQueue`]s
+//! and POSTs to push endpoints over real HTTP; the emulator's sink publishes to RabbitMQ.
+//!
+//! Routing: every dueslag's abonnement is taken to filter on its own name, so an Alive
+//! message reaches the dueslag named in its probe payload.
+
+pub mod faults;
+pub mod push;
+pub mod queue;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::{DueslagSpec, Faults, Mode};
+use crate::message::{StandardRetur, build_business_message, parse_haendelsesbesked};
+use crate::protocol::status;
+use faults::Fate;
+use push::Redelivery;
+use queue::SimQueue;
+
+/// A dueslag as the Beskedfordeler knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Target {
+    pub name: String,
+    pub mode: Mode,
+    /// Pull: the queue name.
+    pub queue: Option<String>,
+    /// Push: the endpoint URL.
+    pub push_url: Option<String>,
+}
+
+/// Delivers a message into a dueslag.
+pub trait Sink: Send + Sync + 'static {
+    fn deliver(&self, target: &Target, body: Bytes);
+}
+
+/// The answer to one Afsend call.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AfsendAnswer {
+    Reply(StandardRetur),
+    Outage,
+    Unroutable,
+    NoReply,
+}
+
+struct Slot {
+    target: Target,
+    faults: Faults,
+    reordered: Option<Bytes>,
+    business: Option<JoinHandle<()>>,
+}
+
+/// The simulator core.
+pub struct Simulator {
+    started: Instant,
+    sink: Arc<dyn Sink>,
+    slots: Mutex<HashMap<String, Slot>>,
+    rng: Mutex<StdRng>,
+    stop: CancellationToken,
+}
+
+impl Simulator {
+    pub fn new(sink: Arc<dyn Sink>, stop: CancellationToken) -> Arc<Self> {
+        Arc::new(Simulator {
+            started: Instant::now(),
+            sink,
+            slots: Mutex::new(HashMap::new()),
+            rng: Mutex::new(StdRng::from_os_rng()),
+            stop,
+        })
+    }
+
+    /// Sets the dueslag and their faults; starts or stops business-message injection.
+    pub fn set_topology(self: &Arc<Self>, dueslag: Vec<(Target, Faults)>) {
+        let mut slots = self.slots.lock().unwrap();
+        let mut old: HashMap<String, Slot> = std::mem::take(&mut *slots);
+        for (target, faults) in dueslag {
+            let mut slot = match old.remove(&target.name) {
+                Some(s) if s.target == target && s.faults == faults => s,
+                Some(s) => {
+                    if let Some(h) = s.business {
+                        h.abort();
+                    }
+                    Slot {
+                        target: target.clone(),
+                        faults: faults.clone(),
+                        reordered: s.reordered,
+                        business: None,
+                    }
+                }
+                None => Slot {
+                    target: target.clone(),
+                    faults: faults.clone(),
+                    reordered: None,
+                    business: None,
+                },
+            };
+            if slot.business.is_none() && !faults.business_every.is_zero() {
+                slot.business = Some(self.spawn_business(target.name.clone(), faults.business_every));
+            }
+            slots.insert(target.name.clone(), slot);
+        }
+        for (_, s) in old {
+            if let Some(h) = s.business {
+                h.abort();
+            }
+        }
+    }
+
+    fn spawn_business(self: &Arc<Self>, name: String, every: Duration) -> JoinHandle<()> {
+        let me = Arc::downgrade(self);
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval_at(Instant::now() + every, every);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(sim) = me.upgrade() else { return };
+                let target = sim.slots.lock().unwrap().get(&name).map(|s| s.target.clone());
+                if let Some(t) = target {
+                    let body = build_business_message(Uuid::new_v4(), Uuid::new_v4());
+                    sim.sink.deliver(&t, Bytes::from(body));
+                }
+            }
+        })
+    }
+
+    /// Handles one Afsend call.
+    pub fn afsend(self: &Arc<Self>, body: &[u8]) -> AfsendAnswer {
+        let msg = match parse_haendelsesbesked(body) {
+            Ok(m) => m,
+            Err(e) => {
+                return AfsendAnswer::Reply(StandardRetur::error(status::INVALID_INPUT, format!("invalid Haendelsesbesked: {e}")));
+            }
+        };
+        let Some(name) = msg.probe.as_ref().map(|p| p.dueslag.clone()) else {
+            // No abonnement matches: accepted, delivered nowhere.
+            return AfsendAnswer::Reply(StandardRetur::ok());
+        };
+        let (target, fate) = {
+            let slots = self.slots.lock().unwrap();
+            let Some(slot) = slots.get(&name) else {
+                return AfsendAnswer::Reply(StandardRetur::ok());
+            };
+            let fate = faults::decide(&slot.faults, self.started.elapsed(), &mut *self.rng.lock().unwrap());
+            (slot.target.clone(), fate)
+        };
+        match fate {
+            Fate::Outage => AfsendAnswer::Outage,
+            Fate::Unroutable => AfsendAnswer::Unroutable,
+            Fate::NoReply => AfsendAnswer::NoReply,
+            Fate::Reject(code) => AfsendAnswer::Reply(StandardRetur::error(code, "rejected by the simulator's fault injection")),
+            Fate::Accept(plan) => {
+                let body = Bytes::copy_from_slice(body);
+                if plan.reorder {
+                    let displaced = self
+                        .slots
+                        .lock()
+                        .unwrap()
+                        .get_mut(&target.name)
+                        .and_then(|s| s.reordered.replace(body.clone()));
+                    if let Some(d) = displaced {
+                        self.sink.deliver(&target, d);
+                    }
+                    // The reordered copy goes after the next message; extra copies still go.
+                    for delay in plan.copies.iter().skip(1) {
+                        self.schedule(target.clone(), body.clone(), *delay);
+                    }
+                } else {
+                    for delay in plan.copies {
+                        self.schedule(target.clone(), body.clone(), delay);
+                    }
+                }
+                AfsendAnswer::Reply(StandardRetur::ok())
+            }
+        }
+    }
+
+    /// True while the dueslag is in one of its outage windows.
+    pub fn in_outage(&self, name: &str) -> bool {
+        let slots = self.slots.lock().unwrap();
+        slots
+            .get(name)
+            .is_some_and(|s| faults::in_outage(&s.faults, self.started.elapsed()))
+    }
+
+    fn schedule(self: &Arc<Self>, target: Target, body: Bytes, delay: Duration) {
+        let me = self.clone();
+        let stop = self.stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => {}
+                _ = tokio::time::sleep(delay) => {
+                    me.sink.deliver(&target, body);
+                    let held = me.slots.lock().unwrap().get_mut(&target.name).and_then(|s| s.reordered.take());
+                    if let Some(h) = held {
+                        me.sink.deliver(&target, h);
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The in-process sink: pull dueslag are [`SimQueue`]s, push dueslag get real HTTP POSTs.
+pub struct LocalSink {
+    queues: Mutex<HashMap<String, Arc<SimQueue>>>,
+    http: reqwest::Client,
+    redelivery: Redelivery,
+    stop: CancellationToken,
+}
+
+impl LocalSink {
+    pub fn new(stop: CancellationToken) -> Arc<Self> {
+        Arc::new(LocalSink {
+            queues: Mutex::new(HashMap::new()),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .expect("a plain HTTP client builds"),
+            redelivery: Redelivery::default(),
+            stop,
+        })
+    }
+
+    /// The queue of that name, created on first use (queues outlive reloads).
+    pub fn queue(&self, name: &str) -> Arc<SimQueue> {
+        self.queues
+            .lock()
+            .unwrap()
+            .entry(name.to_string())
+            .or_insert_with(SimQueue::new)
+            .clone()
+    }
+}
+
+impl Sink for LocalSink {
+    fn deliver(&self, target: &Target, body: Bytes) {
+        match target.mode {
+            Mode::Pull => {
+                if let Some(q) = &target.queue {
+                    self.queue(q).publish(body);
+                }
+            }
+            Mode::Push => {
+                if let Some(url) = target.push_url.clone() {
+                    tokio::spawn(push::deliver(self.http.clone(), url, body, self.redelivery, self.stop.clone()));
+                }
+            }
+        }
+    }
+}
+
+/// The simulator's view of the configured dueslag.
+pub fn targets(specs: &[DueslagSpec], push_base: &str) -> Vec<(Target, Faults)> {
+    specs
+        .iter()
+        .map(|s| {
+            (
+                Target {
+                    name: s.name.clone(),
+                    mode: s.mode,
+                    queue: s.queue.clone(),
+                    push_url: (s.mode == Mode::Push).then(|| format!("{}/push/{}", push_base.trim_end_matches('/'), s.name)),
+                },
+                s.faults.clone(),
+            )
+        })
+        .collect()
+}

@@ -1,0 +1,93 @@
+//! The transports: small traits that the probe logic talks to, with one file per backend.
+//!
+//! - [`Afsender`] publishes one attempt of an Alive message and returns the StandardRetur.
+//! - [`Afhenter`] opens a pull consumer on a dueslag queue; a [`Delivery`] is acknowledged,
+//!   held (kept unacknowledged) or dead-lettered to the error queue by the caller.
+//!
+//! Backends: `sim` (the in-process Beskedfordeler of [`crate::sim`]) and `amqp` (the real
+//! protocol of DESIGN §2, also usable against any RabbitMQ). Push needs no trait: the
+//! Beskedfordeler POSTs to the HTTP endpoint.
+
+pub mod sim;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use uuid::Uuid;
+
+use crate::message::StandardRetur;
+
+/// One Alive message to send; the same for every attempt.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// `message_id`: one per message, kept across retries.
+    pub transaction_id: Uuid,
+    pub besked_id: Uuid,
+    /// The dueslag whose probe this is (for logs and the simulator's routing).
+    pub dueslag: String,
+    /// The Haendelsesbesked XML.
+    pub body: Bytes,
+}
+
+/// Why one attempt got no StandardRetur.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AttemptError {
+    #[error("no reply within the send timeout")]
+    Timeout,
+    #[error("no connection to the broker: {0}")]
+    Connection(String),
+    #[error("the broker returned the message as unroutable")]
+    Unroutable,
+    #[error("no token: {0}")]
+    NoToken(String),
+}
+
+/// Sends to the Beskedfordeler's Afsend service.
+#[async_trait]
+pub trait Afsender: Send + Sync {
+    /// Publishes one attempt and waits up to `timeout` for its StandardRetur.
+    async fn publish(&self, msg: &Outgoing, correlation_id: Uuid, timeout: Duration) -> Result<StandardRetur, AttemptError>;
+
+    /// Gets a new token and reconnects (after StatusKode 41).
+    async fn renew_token(&self) -> Result<(), String>;
+}
+
+/// Opens pull consumers (the Afhent service).
+#[async_trait]
+pub trait Afhenter: Send + Sync {
+    /// Starts consuming the queue with manual acknowledgement.
+    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, String>;
+}
+
+/// A running pull consumer. Dropping it returns every unacknowledged delivery to the queue.
+#[async_trait]
+pub trait PullConsumer: Send {
+    /// The next delivery; `None` when the consumer ended (connection or channel lost).
+    async fn next(&mut self) -> Option<Delivery>;
+}
+
+/// A message taken from a dueslag queue, not yet acknowledged.
+pub struct Delivery {
+    pub body: Bytes,
+    pub handle: Box<dyn DeliveryHandle>,
+}
+
+/// Settles one delivery. Dropping the handle unsettled holds the message: it stays
+/// unacknowledged until the consumer's channel closes, then returns to the queue.
+#[async_trait]
+pub trait DeliveryHandle: Send {
+    async fn ack(self: Box<Self>) -> Result<(), String>;
+    /// `basic.nack(requeue=false)`: the broker dead-letters it to the error queue.
+    async fn reject_to_error_queue(self: Box<Self>) -> Result<(), String>;
+}
+
+/// The transports a configuration runs on.
+#[derive(Clone)]
+pub struct Backend {
+    pub afsender: Arc<dyn Afsender>,
+    pub afhenter: Arc<dyn Afhenter>,
+    /// Stops the backend's own tasks (connections, token renewal, simulator timers).
+    pub stop: tokio_util::sync::CancellationToken,
+}

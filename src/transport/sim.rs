@@ -1,0 +1,103 @@
+//! The `sim` backend: [`Afsender`] and [`Afhenter`] over the in-process simulator.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+use super::{AttemptError, Afhenter, Afsender, Delivery, DeliveryHandle, Outgoing, PullConsumer};
+use crate::message::StandardRetur;
+use crate::sim::queue::{SimConsumer, SimDelivery};
+use crate::sim::{AfsendAnswer, LocalSink, Simulator};
+
+/// Sends into the simulator.
+pub struct SimAfsender {
+    pub sim: Arc<Simulator>,
+}
+
+#[async_trait]
+impl Afsender for SimAfsender {
+    async fn publish(&self, msg: &Outgoing, _correlation_id: Uuid, timeout: Duration) -> Result<StandardRetur, AttemptError> {
+        match self.sim.afsend(&msg.body) {
+            AfsendAnswer::Reply(r) => Ok(r),
+            AfsendAnswer::Outage => Err(AttemptError::Connection("simulated outage".into())),
+            AfsendAnswer::Unroutable => Err(AttemptError::Unroutable),
+            AfsendAnswer::NoReply => {
+                tokio::time::sleep(timeout).await;
+                Err(AttemptError::Timeout)
+            }
+        }
+    }
+
+    async fn renew_token(&self) -> Result<(), String> {
+        Ok(())
+    }
+}
+
+/// Consumes the simulator's queues.
+pub struct SimAfhenter {
+    pub sim: Arc<Simulator>,
+    pub sink: Arc<LocalSink>,
+    pub prefetch: usize,
+    /// queue name → dueslag name, for outage windows.
+    pub dueslag_of_queue: std::collections::HashMap<String, String>,
+}
+
+#[async_trait]
+impl Afhenter for SimAfhenter {
+    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, String> {
+        let dueslag = self.dueslag_of_queue.get(queue).cloned().unwrap_or_default();
+        if self.sim.in_outage(&dueslag) {
+            return Err("simulated outage".into());
+        }
+        Ok(Box::new(SimPull {
+            consumer: self.sink.queue(queue).consume(self.prefetch),
+            sim: self.sim.clone(),
+            dueslag,
+        }))
+    }
+}
+
+struct SimPull {
+    consumer: SimConsumer,
+    sim: Arc<Simulator>,
+    dueslag: String,
+}
+
+#[async_trait]
+impl PullConsumer for SimPull {
+    async fn next(&mut self) -> Option<Delivery> {
+        // An outage closes the channel: checked on every delivery and once a second.
+        loop {
+            if self.sim.in_outage(&self.dueslag) {
+                return None;
+            }
+            tokio::select! {
+                d = self.consumer.next() => {
+                    if self.sim.in_outage(&self.dueslag) {
+                        return None; // the undelivered message returns with the consumer
+                    }
+                    return Some(Delivery { body: d.body.clone(), handle: Box::new(SimHandle(d)) });
+                }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+}
+
+struct SimHandle(SimDelivery);
+
+#[async_trait]
+impl DeliveryHandle for SimHandle {
+    async fn ack(self: Box<Self>) -> Result<(), String> {
+        self.0.ack().then_some(()).ok_or_else(|| "delivery tag unknown".into())
+    }
+
+    async fn reject_to_error_queue(self: Box<Self>) -> Result<(), String> {
+        self.0
+            .reject_to_error_queue()
+            .then_some(())
+            .ok_or_else(|| "delivery tag unknown".into())
+    }
+}
