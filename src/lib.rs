@@ -1,12 +1,22 @@
 //! bfo-alive-exporter: probes KOMBIT Beskedfordeler dueslag with AliveBesked round trips.
+pub mod backend;
+pub mod cli;
 pub mod config;
+pub mod http;
 pub mod matcher;
 pub mod message;
 pub mod metrics;
 pub mod outcome;
+pub mod probe;
 pub mod process;
 pub mod protocol;
+pub mod receiver;
 pub mod secret;
 pub mod send;
+pub mod server;
+pub mod shard;
 pub mod sim;
+pub mod status;
+pub mod supervisor;
+pub mod tls;
 pub mod transport;

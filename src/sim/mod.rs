@@ -191,6 +191,15 @@ impl Simulator {
         }
     }
 
+    /// The dueslag whose queue this is.
+    pub fn dueslag_of_queue(&self, queue: &str) -> Option<String> {
+        let slots = self.slots.lock().unwrap();
+        slots
+            .values()
+            .find(|s| s.target.queue.as_deref() == Some(queue))
+            .map(|s| s.target.name.clone())
+    }
+
     /// True while the dueslag is in one of its outage windows.
     pub fn in_outage(&self, name: &str) -> bool {
         let slots = self.slots.lock().unwrap();
@@ -227,6 +236,7 @@ pub struct LocalSink {
 
 impl LocalSink {
     pub fn new(stop: CancellationToken) -> Arc<Self> {
+        crate::tls::install_crypto_provider();
         Arc::new(LocalSink {
             queues: Mutex::new(HashMap::new()),
             http: reqwest::Client::builder()

@@ -40,14 +40,12 @@ pub struct SimAfhenter {
     pub sim: Arc<Simulator>,
     pub sink: Arc<LocalSink>,
     pub prefetch: usize,
-    /// queue name → dueslag name, for outage windows.
-    pub dueslag_of_queue: std::collections::HashMap<String, String>,
 }
 
 #[async_trait]
 impl Afhenter for SimAfhenter {
     async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, String> {
-        let dueslag = self.dueslag_of_queue.get(queue).cloned().unwrap_or_default();
+        let dueslag = self.sim.dueslag_of_queue(queue).unwrap_or_default();
         if self.sim.in_outage(&dueslag) {
             return Err("simulated outage".into());
         }

@@ -1,0 +1,150 @@
+# shellcheck shell=bash
+# Shared helpers of the operations checks (sourced by scripts/ops/*.sh).
+#
+# Processes started with ops_start are recorded by PID, and ops_cleanup (installed as an
+# EXIT trap by ops_init) stops exactly those, and nothing else, even when a check fails.
+
+OPS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$OPS_DIR/../.." && pwd)"
+OPS_PIDS=()
+OPS_NAMES=()
+OPS_TMP=""
+
+ops_log() { printf '[%s] %s\n' "${OPS_SCRIPT:-ops}" "$*" >&2; }
+ops_die() { ops_log "ERROR: $*"; exit 1; }
+
+# ops_init NAME: set the log prefix, make a temp dir, install the cleanup trap.
+ops_init() {
+  OPS_SCRIPT="$1"
+  OPS_TMP="$(mktemp -d "${TMPDIR:-/tmp}/bfo-ops-$1.XXXXXX")"
+  trap ops_cleanup EXIT
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+}
+
+ops_cleanup() {
+  local rc=$? i pid n
+  for ((i = ${#OPS_PIDS[@]} - 1; i >= 0; i--)); do
+    pid="${OPS_PIDS[$i]}"
+    if kill -0 "$pid" 2>/dev/null; then
+      kill -TERM "$pid" 2>/dev/null || true
+    fi
+  done
+  for ((i = ${#OPS_PIDS[@]} - 1; i >= 0; i--)); do
+    pid="${OPS_PIDS[$i]}"
+    for ((n = 0; n < 50; n++)); do
+      kill -0 "$pid" 2>/dev/null || break
+      sleep 0.1
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+      ops_log "${OPS_NAMES[$i]} (pid $pid) ignored SIGTERM; sending SIGKILL"
+      kill -KILL "$pid" 2>/dev/null || true
+    fi
+    wait "$pid" 2>/dev/null || true
+  done
+  OPS_PIDS=()
+  OPS_NAMES=()
+  if [ -n "$OPS_TMP" ] && [ -d "$OPS_TMP" ]; then
+    if [ "$rc" -ne 0 ] && [ -n "${OPS_KEEP_LOGS:-}" ]; then
+      ops_log "logs kept in $OPS_TMP"
+    else
+      rm -rf "$OPS_TMP"
+    fi
+  fi
+  return "$rc"
+}
+
+# ops_start NAME LOGFILE CMD [ARGS...]: run CMD in the background, record its PID.
+ops_start() {
+  local name="$1" logfile="$2"
+  shift 2
+  "$@" >"$logfile" 2>&1 &
+  OPS_PIDS+=("$!")
+  OPS_NAMES+=("$name")
+  ops_log "started $name (pid $!): $*"
+}
+
+# ops_free_port: print a TCP port that is free on 127.0.0.1 right now.
+ops_free_port() {
+  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
+}
+
+# ops_wait_http NAME URL TIMEOUT_S PID LOGFILE: wait until URL answers 2xx; fail early if
+# the process died. Polls; the timeout only bounds a hang, it asserts no speed.
+ops_wait_http() {
+  local name="$1" url="$2" timeout="$3" pid="$4" logfile="$5" i
+  for ((i = 0; i < timeout * 4; i++)); do
+    if curl -fsS -o /dev/null --max-time 2 "$url" 2>/dev/null; then
+      return 0
+    fi
+    if ! kill -0 "$pid" 2>/dev/null; then
+      ops_log "$name exited before it answered $url; its log:"
+      tail -n 40 "$logfile" >&2
+      return 1
+    fi
+    sleep 0.25
+  done
+  ops_log "$name did not answer $url within ${timeout}s; its log:"
+  tail -n 40 "$logfile" >&2
+  return 1
+}
+
+# ops_exporter_bin: the exporter binary: $BFO_ALIVE_EXPORTER, else target/debug/bfo-alive-exporter.
+ops_exporter_bin() {
+  local bin="${BFO_ALIVE_EXPORTER:-$REPO_ROOT/target/debug/bfo-alive-exporter}"
+  [ -x "$bin" ] || ops_die "exporter binary not found or not executable: $bin (run cargo build, or set BFO_ALIVE_EXPORTER)"
+  printf '%s\n' "$bin"
+}
+
+# ops_require CMD...: fail unless every command exists.
+ops_require() {
+  local c
+  for c in "$@"; do
+    command -v "$c" >/dev/null 2>&1 || ops_die "'$c' is not installed (scripts/ops/check.sh installs it)"
+  done
+}
+
+# ops_start_exporter LOGFILE ARGS...: start the exporter on a free port; sets EXPORTER_ADDR.
+ops_start_exporter() {
+  local logfile="$1" bin port
+  shift
+  bin="$(ops_exporter_bin)" || exit 1
+  port="$(ops_free_port)"
+  EXPORTER_ADDR="127.0.0.1:$port"
+  ops_start exporter "$logfile" "$bin" "$@" --web.listen-address "$EXPORTER_ADDR"
+  ops_wait_http exporter "http://$EXPORTER_ADDR/-/healthy" 30 "${OPS_PIDS[-1]}" "$logfile"
+}
+
+# ops_start_prometheus DIR CONFIG: start Prometheus on a free port with storage in DIR;
+# sets PROM_URL. Short resend delay: alerts that fired before Alertmanager was known are
+# resent at once rather than after a minute.
+ops_start_prometheus() {
+  local dir="$1" config="$2" port
+  port="$(ops_free_port)"
+  PROM_URL="http://127.0.0.1:$port"
+  mkdir -p "$dir/data"
+  ops_start prometheus "$dir/prometheus.log" prometheus \
+    --config.file="$config" \
+    --storage.tsdb.path="$dir/data" \
+    --web.listen-address="127.0.0.1:$port" \
+    --rules.alert.resend-delay=1s \
+    --log.level=warn
+  ops_wait_http prometheus "$PROM_URL/-/ready" 60 "${OPS_PIDS[-1]}" "$dir/prometheus.log"
+}
+
+# ops_start_alertmanager DIR CONFIG: start Alertmanager on a free port, clustering off;
+# sets AM_URL and AM_ADDR.
+ops_start_alertmanager() {
+  local dir="$1" config="$2" port
+  port="$(ops_free_port)"
+  AM_ADDR="127.0.0.1:$port"
+  AM_URL="http://$AM_ADDR"
+  mkdir -p "$dir/data"
+  ops_start alertmanager "$dir/alertmanager.log" prometheus-alertmanager \
+    --config.file="$config" \
+    --storage.path="$dir/data" \
+    --web.listen-address="$AM_ADDR" \
+    --cluster.listen-address= \
+    --log.level=warn
+  ops_wait_http alertmanager "$AM_URL/-/ready" 60 "${OPS_PIDS[-1]}" "$dir/alertmanager.log"
+}

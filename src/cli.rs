@@ -1,0 +1,161 @@
+//! The command line: Prometheus-style flags, and the subcommands `demo` (the exporter on
+//! its embedded simulator) and `check-config`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::server::{self, ConfigSource, Options};
+use crate::shard::Shard;
+
+/// The demo configuration, built into the binary.
+pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
+
+#[derive(Debug, Parser)]
+#[command(name = "bfo-alive-exporter", version, about = "Prometheus exporter that probes Beskedfordeler dueslag with AliveBesked round trips")]
+pub struct Cli {
+    /// Configuration file (TOML).
+    #[arg(long = "config.file", value_name = "FILE", global = true)]
+    pub config_file: Option<PathBuf>,
+    /// Validate the configuration and exit (0 = valid, 2 = invalid).
+    #[arg(long = "config.check")]
+    pub config_check: bool,
+    /// Address for /metrics, the status page and (by default) the push endpoint.
+    #[arg(long = "web.listen-address", default_value = ":9632", global = true)]
+    pub listen: String,
+    /// Log level: error, warn, info, debug.
+    #[arg(long = "log.level", default_value = "info", global = true)]
+    pub log_level: String,
+    #[arg(long = "log.format", value_enum, default_value = "logfmt", global = true)]
+    pub log_format: LogFormat,
+    /// Run only shard i of n (1-based) of the configured dueslag, by a stable hash of the name.
+    #[arg(long = "shard", value_name = "i/n", global = true)]
+    pub shard: Option<Shard>,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Logfmt,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the exporter on the embedded Beskedfordeler simulator with example dueslag.
+    Demo,
+}
+
+fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::prelude::*;
+    let filter = EnvFilter::try_new(format!("{level},lapin=warn,amq_protocol=warn,hyper=warn,reqwest=warn"))
+        .map_err(|e| format!("--log.level {level:?}: {e}"))?;
+    let registry = tracing_subscriber::registry().with(filter);
+    match format {
+        LogFormat::Logfmt => registry
+            .with(tracing_logfmt::builder().layer().with_writer(std::io::stderr))
+            .try_init(),
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .try_init(),
+    }
+    .map_err(|e| e.to_string())
+}
+
+/// Parses the command line and runs; the process exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Err(e) = init_logging(&cli.log_level, cli.log_format) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    let source = match (&cli.command, &cli.config_file) {
+        (Some(Command::Demo), _) => ConfigSource::Embedded {
+            name: "<embedded demo config>".into(),
+            text: DEMO_CONFIG.into(),
+        },
+        (None, Some(f)) => ConfigSource::File(f.clone()),
+        (None, None) => {
+            eprintln!("--config.file is required (or run `bfo-alive-exporter demo`)");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.config_check {
+        return match source.load() {
+            Ok(c) => {
+                println!(
+                    "configuration OK: backend {:?}, {} dueslag",
+                    c.backend(),
+                    c.dueslag.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    let demo = matches!(cli.command, Some(Command::Demo));
+    let opts = Options {
+        source,
+        listen: cli.listen.clone(),
+        shard: cli.shard,
+    };
+    let server = match server::start(opts).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if demo {
+        let base = format!("http://{}", display_addr(server.addr));
+        println!("bfo-alive-exporter demo: four dueslag on the embedded Beskedfordeler simulator.");
+        println!("  status page   {base}/");
+        println!("  metrics       {base}/metrics");
+        println!("  push endpoint {base}/push/{{dueslag}}");
+        println!("Probes run every 2 s; the flaky dueslag move every failure counter within a few minutes.");
+        println!("Stop with Ctrl-C.");
+    }
+    let stop = server.shutdown_token();
+    tokio::spawn(async move {
+        terminated().await;
+        stop.cancel();
+    });
+    server.wait().await;
+    ExitCode::SUCCESS
+}
+
+fn display_addr(a: std::net::SocketAddr) -> String {
+    if a.ip().is_unspecified() { format!("localhost:{}", a.port()) } else { a.to_string() }
+}
+
+/// SIGINT or SIGTERM.
+async fn terminated() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

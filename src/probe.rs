@@ -1,0 +1,288 @@
+//! The probe of one dueslag: builds Alive messages, tracks them in flight, classifies what
+//! arrives, and runs the send loop. It emits [`Outcome`]s and never touches a metric.
+//!
+//! A [`DueslagProbe`] is shared by its loop ([`run`]), its receiver (pull consumer or push
+//! endpoint) and the HTTP status page.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use futures::stream::{FuturesUnordered, StreamExt};
+use rand::Rng;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::config::DueslagSpec;
+use crate::matcher::{Identity, Matcher};
+use crate::message::{self, AliveSpec, ProbePayload};
+use crate::outcome::{Observer, Outcome, ReceivedKind};
+use crate::send::{self, SendReport};
+use crate::transport::{Afsender, Outgoing};
+
+/// What every probe of this exporter run has in common.
+#[derive(Debug, Clone)]
+pub struct ProbeContext {
+    pub instance: String,
+    /// New at every start of the exporter.
+    pub run: Uuid,
+    pub anvendersystem: Uuid,
+    pub cvr: String,
+}
+
+/// How a body arrived.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    /// A bare Haendelsesbesked (pull).
+    Haendelsesbesked,
+    /// A ModtagBeskedInput holding one (push).
+    ModtagBeskedInput,
+}
+
+/// What the receiver must do with an arrival.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// An Alive message: recorded; acknowledge it (pull) or answer 20 (push).
+    Take,
+    /// Not ours to take: hold or dead-letter it (pull), answer non-20 (push).
+    Refuse(String),
+}
+
+/// Logs something at most once per period, counting what it kept quiet.
+#[derive(Debug)]
+struct Quiet {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+const QUIET_PERIOD: Duration = Duration::from_secs(60);
+
+/// The shared state of one dueslag's probe.
+pub struct DueslagProbe {
+    pub spec: DueslagSpec,
+    ctx: Arc<ProbeContext>,
+    matcher: Mutex<Matcher>,
+    observer: Arc<dyn Observer>,
+    seq: AtomicU64,
+    quiet: Mutex<Quiet>,
+}
+
+impl DueslagProbe {
+    pub fn new(spec: DueslagSpec, ctx: Arc<ProbeContext>, observer: Arc<dyn Observer>) -> Arc<Self> {
+        let matcher = Matcher::new(
+            Identity {
+                instance: ctx.instance.clone(),
+                run: ctx.run,
+                dueslag: spec.name.clone(),
+            },
+            spec.max_inflight,
+            // A timed-out probe may still arrive for another timeout before it is lost.
+            spec.timeout,
+        );
+        Arc::new(DueslagProbe {
+            spec,
+            ctx,
+            matcher: Mutex::new(matcher),
+            observer,
+            seq: AtomicU64::new(0),
+            quiet: Mutex::new(Quiet {
+                last: None,
+                suppressed: 0,
+            }),
+        })
+    }
+
+    /// Reports an outcome that happened outside the probe (e.g. a refused push body).
+    pub fn observe(&self, outcome: Outcome) {
+        self.observer.observe(outcome);
+    }
+
+    fn emit(&self, out: Vec<Outcome>) {
+        for o in out {
+            self.observer.observe(o);
+        }
+    }
+
+    /// Builds the next Alive message of this dueslag.
+    pub fn next_message(&self) -> Outgoing {
+        let sequence = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        let besked_id = Uuid::new_v4();
+        let payload = ProbePayload {
+            instance: self.ctx.instance.clone(),
+            run: self.ctx.run,
+            dueslag: self.spec.name.clone(),
+            sequence,
+            sent_at: SystemTime::now(),
+        };
+        let body = message::build_alive(&AliveSpec {
+            besked_id,
+            anvendersystem: self.ctx.anvendersystem,
+            cvr: &self.ctx.cvr,
+            payload: &payload,
+        });
+        Outgoing {
+            transaction_id: Uuid::new_v4(),
+            besked_id,
+            dueslag: self.spec.name.clone(),
+            body: body.into(),
+        }
+    }
+
+    /// Records a probe in flight, just before it is sent.
+    pub fn begin(&self, msg: &Outgoing) {
+        let mut out = vec![Outcome::Attempt {
+            besked_id: msg.besked_id,
+            at: SystemTime::now(),
+        }];
+        self.matcher
+            .lock()
+            .unwrap()
+            .begin(msg.besked_id, Instant::now(), self.spec.timeout, &mut out);
+        self.emit(out);
+    }
+
+    /// Records how the send of a probe ended.
+    pub fn sent(&self, besked_id: Uuid, report: &SendReport) {
+        let mut out = vec![];
+        match report {
+            SendReport::Accepted { duration, .. } => out.push(Outcome::Sent { duration: *duration }),
+            SendReport::Failed {
+                reason, status, detail, ..
+            } => {
+                tracing::warn!(dueslag = %self.spec.name, %besked_id, reason = reason.as_str(), status, detail, "send failed");
+                out.push(Outcome::SendFailed {
+                    besked_id,
+                    reason: *reason,
+                    status: *status,
+                    detail: detail.clone(),
+                });
+                self.matcher.lock().unwrap().send_failed(besked_id, *reason, &mut out);
+            }
+        }
+        self.emit(out);
+    }
+
+    /// Classifies an arrival. Never logs the body: it may hold business data.
+    pub fn on_arrival(&self, body: &[u8], envelope: Envelope) -> Verdict {
+        let parsed = match envelope {
+            Envelope::Haendelsesbesked => message::parse_haendelsesbesked(body),
+            Envelope::ModtagBeskedInput => message::parse_modtag_besked_input(body),
+        };
+        let why = match parsed {
+            Ok(m) if m.is_alive() => {
+                let mut out = vec![];
+                self.matcher
+                    .lock()
+                    .unwrap()
+                    .arrive(m.besked_id, m.probe.as_ref(), Instant::now(), &mut out);
+                self.emit(out);
+                return Verdict::Take;
+            }
+            Ok(m) => format!(
+                "not an Alive message (BeskedId {}, beskedtype {})",
+                m.besked_id,
+                m.beskedtype.map_or("missing".to_string(), |t| t.to_string())
+            ),
+            Err(e) => format!("not a readable Haendelsesbesked: {e}"),
+        };
+        self.observer.observe(Outcome::Received {
+            kind: ReceivedKind::Unexpected,
+            besked_id: None,
+            detail: Some(why.clone()),
+        });
+        self.log_unexpected(&why);
+        Verdict::Refuse(why)
+    }
+
+    fn log_unexpected(&self, why: &str) {
+        let mut q = self.quiet.lock().unwrap();
+        let now = Instant::now();
+        if q.last.is_some_and(|l| now.duration_since(l) < QUIET_PERIOD) {
+            q.suppressed += 1;
+            return;
+        }
+        tracing::warn!(
+            dueslag = %self.spec.name,
+            mode = self.spec.mode.as_str(),
+            reason = why,
+            suppressed_since_last = q.suppressed,
+            "a message that is not this exporter's Alive message arrived; it is left with the Beskedfordeler"
+        );
+        q.last = Some(now);
+        q.suppressed = 0;
+    }
+
+    /// Reports messages held unacknowledged in a pull dueslag.
+    pub fn held(&self, count: usize, paused: bool) {
+        self.observer.observe(Outcome::Held { count, paused });
+    }
+
+    /// Times out probes past their deadline.
+    pub fn expire(&self) {
+        let mut out = vec![];
+        self.matcher.lock().unwrap().expire(Instant::now(), &mut out);
+        self.emit(out);
+    }
+
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.matcher.lock().unwrap().next_deadline()
+    }
+
+    pub fn has_pending(&self) -> bool {
+        self.matcher.lock().unwrap().has_pending()
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.matcher.lock().unwrap().inflight()
+    }
+}
+
+/// The interval with up to ±`jitter` of it at random.
+fn jittered(interval: Duration, jitter: f64) -> Duration {
+    if jitter <= 0.0 {
+        return interval;
+    }
+    let f = rand::rng().random_range(-jitter..=jitter);
+    interval.mul_f64(1.0 + f)
+}
+
+/// Runs the send loop of one dueslag until `stop`, then waits for in-flight probes to
+/// arrive or time out. Sends run concurrently with the sweep, so a slow Afsend never
+/// delays a deadline or the next probe.
+pub async fn run(probe: Arc<DueslagProbe>, afsender: Arc<dyn Afsender>, stop: CancellationToken) {
+    let spec = probe.spec.clone();
+    // Spread the first probes of many dueslag over one interval.
+    let first = spec.interval.mul_f64(rand::rng().random_range(0.0..1.0));
+    let mut next_tick = Instant::now() + first;
+    let mut sends = FuturesUnordered::new();
+    let mut stopping = false;
+    loop {
+        let deadline = probe.next_deadline();
+        tokio::select! {
+            _ = stop.cancelled(), if !stopping => {
+                stopping = true;
+            }
+            _ = tokio::time::sleep_until(next_tick), if !stopping => {
+                let msg = probe.next_message();
+                probe.begin(&msg);
+                let afsender = afsender.clone();
+                let (attempts, timeout) = (spec.send_attempts, spec.send_timeout);
+                sends.push(async move {
+                    let report = send::send(afsender.as_ref(), &msg, attempts, timeout).await;
+                    (msg.besked_id, report)
+                });
+                next_tick = Instant::now() + jittered(spec.interval, spec.jitter);
+            }
+            Some((id, report)) = sends.next(), if !sends.is_empty() => {
+                probe.sent(id, &report);
+            }
+            _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                probe.expire();
+            }
+        }
+        if stopping && sends.is_empty() && !probe.has_pending() {
+            break;
+        }
+    }
+}

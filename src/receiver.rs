@@ -1,0 +1,92 @@
+//! The pull receiver of one dueslag: consume, classify, settle, and reconnect with backoff.
+//!
+//! An Alive message is acknowledged only after its outcome is recorded. Anything else is
+//! never acknowledged (DESIGN §3): with `unexpected = "hold"` it stays unacknowledged, so
+//! the Alive messages behind it keep flowing within the prefetch window, and it returns to
+//! the queue when the consumer closes; above `max_held` the dueslag stops consuming and
+//! says so (`bfo_alive_consumer_paused`). With `"error-queue"` it is nacked without
+//! requeue, and the broker dead-letters it to the dueslag's error queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Unexpected;
+use crate::probe::{DueslagProbe, Envelope, Verdict};
+use crate::transport::{Afhenter, DeliveryHandle};
+
+/// Reconnect backoff: from 500 ms, doubling, capped at 30 s.
+pub const BACKOFF_START: Duration = Duration::from_millis(500);
+pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Consumes the dueslag's queue until `stop`.
+pub async fn run_pull(probe: Arc<DueslagProbe>, afhenter: Arc<dyn Afhenter>, stop: CancellationToken) {
+    let queue = probe.spec.queue.clone().unwrap_or_default();
+    let mut backoff = BACKOFF_START;
+    while !stop.is_cancelled() {
+        let consumer = tokio::select! {
+            _ = stop.cancelled() => return,
+            c = afhenter.consume(&queue) => c,
+        };
+        let mut consumer = match consumer {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(dueslag = %probe.spec.name, queue, error = %e, retry_in = ?backoff, "cannot consume");
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        tracing::info!(dueslag = %probe.spec.name, queue, "consuming");
+        backoff = BACKOFF_START;
+        let mut held: Vec<Box<dyn DeliveryHandle>> = Vec::new();
+        let mut paused = false;
+        loop {
+            let delivery = tokio::select! {
+                _ = stop.cancelled() => break,
+                // Paused: only stop is awaited; held messages stay unacknowledged meanwhile.
+                d = consumer.next(), if !paused => d,
+            };
+            let Some(d) = delivery else {
+                tracing::warn!(dueslag = %probe.spec.name, queue, "consumer ended; reconnecting");
+                break;
+            };
+            match probe.on_arrival(&d.body, Envelope::Haendelsesbesked) {
+                Verdict::Take => {
+                    if let Err(e) = d.handle.ack().await {
+                        tracing::warn!(dueslag = %probe.spec.name, error = %e, "ack failed");
+                    }
+                }
+                Verdict::Refuse(_) => match probe.spec.unexpected {
+                    Unexpected::ErrorQueue => {
+                        if let Err(e) = d.handle.reject_to_error_queue().await {
+                            tracing::warn!(dueslag = %probe.spec.name, error = %e, "nack to the error queue failed");
+                        }
+                    }
+                    Unexpected::Hold => {
+                        held.push(d.handle);
+                        paused = held.len() > probe.spec.max_held;
+                        if paused {
+                            tracing::error!(
+                                dueslag = %probe.spec.name,
+                                queue,
+                                held = held.len(),
+                                "too many non-Alive messages held: this dueslag is evidently not dedicated to Alive; \
+                                 stopped consuming it (the messages stay in the broker)"
+                            );
+                        }
+                        probe.held(held.len(), paused);
+                    }
+                },
+            }
+        }
+        // Closing the consumer returns held messages to the queue.
+        drop(held);
+        drop(consumer);
+        probe.held(0, false);
+    }
+}

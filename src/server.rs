@@ -1,0 +1,215 @@
+//! Runs the exporter: load the configuration, bind the listeners, start the supervisor,
+//! serve HTTP, reload on SIGHUP or `POST /-/reload`, and stop gracefully.
+//!
+//! [`start`] returns once everything listens, with the bound addresses and a handle to
+//! stop it, so tests run the real server on `127.0.0.1:0`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, ConfigError};
+use crate::http::{self, AppState, ReloadRequest};
+use crate::metrics::Metrics;
+use crate::shard::Shard;
+use crate::supervisor::{Registry, Supervisor};
+
+/// Where the configuration comes from, and comes again on reload.
+#[derive(Debug, Clone)]
+pub enum ConfigSource {
+    File(PathBuf),
+    /// Built-in text (the demo), with a name for error messages.
+    Embedded { name: String, text: String },
+}
+
+impl ConfigSource {
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        match self {
+            ConfigSource::File(p) => Config::load(p),
+            ConfigSource::Embedded { name, text } => Config::parse(text, name),
+        }
+    }
+}
+
+/// How to run.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub source: ConfigSource,
+    pub listen: String,
+    pub shard: Option<Shard>,
+}
+
+/// A running exporter.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub push_addr: SocketAddr,
+    pub metrics: Metrics,
+    pub registry: Arc<Registry>,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Server {
+    /// Stops gracefully and waits until everything has drained.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.task.await;
+    }
+
+    /// A token that stops the server when cancelled.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Waits until the server has stopped.
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+}
+
+/// `:9632` means every interface, as Prometheus exporters spell it.
+pub fn normalize_listen(addr: &str) -> String {
+    if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_string() }
+}
+
+async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
+    let addr = normalize_listen(addr);
+    TcpListener::bind(&addr)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))
+}
+
+/// The address the simulator POSTs to: a wildcard listener is reached on loopback.
+fn reachable(addr: SocketAddr) -> String {
+    let ip = if addr.ip().is_unspecified() {
+        if addr.is_ipv4() { "127.0.0.1".to_string() } else { "[::1]".to_string() }
+    } else if addr.is_ipv6() {
+        format!("[{}]", addr.ip())
+    } else {
+        addr.ip().to_string()
+    };
+    format!("http://{ip}:{}", addr.port())
+}
+
+/// Loads the configuration, binds, starts every dueslag and serves.
+pub async fn start(opts: Options) -> anyhow::Result<Server> {
+    crate::tls::install_crypto_provider();
+    let config = opts.source.load()?;
+    let metrics = Metrics::new(&config.exporter.roundtrip_buckets);
+    let main = bind(&opts.listen).await?;
+    let addr = main.local_addr()?;
+    let push_listener = match &config.push.listen {
+        Some(l) => Some(bind(l).await?),
+        None => None,
+    };
+    let push_addr = push_listener.as_ref().map_or(Ok(addr), |l| l.local_addr())?;
+
+    let registry = Arc::new(Registry::default());
+    let mut supervisor = Supervisor::new(metrics.clone(), registry.clone(), reachable(push_addr), opts.shard);
+    supervisor.apply(config.clone()).await.map_err(|e| anyhow::anyhow!(e))?;
+    metrics.config_loaded(true);
+
+    let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
+    let ready = Arc::new(AtomicBool::new(true));
+    let state = AppState {
+        metrics: metrics.clone(),
+        registry: registry.clone(),
+        reload: reload_tx,
+        ready: ready.clone(),
+        max_body: config.push.max_body.as_u64() as usize,
+    };
+    let shutdown = CancellationToken::new();
+    let http_stop = CancellationToken::new();
+    let mut servers = vec![serve(main, http::router(state.clone(), push_listener.is_none()), http_stop.clone())];
+    if let Some(l) = push_listener {
+        servers.push(serve(l, http::push_router(state), http_stop.clone()));
+    }
+    tracing::info!(%addr, %push_addr, "listening");
+
+    let task = tokio::spawn(control(opts.source, supervisor, metrics.clone(), reload_rx, shutdown.clone(), ready, http_stop, servers));
+    Ok(Server {
+        addr,
+        push_addr,
+        metrics,
+        registry,
+        shutdown,
+        task,
+    })
+}
+
+fn serve(listener: TcpListener, router: axum::Router, stop: CancellationToken) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let r = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = r {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    })
+}
+
+/// Reloads on request, then drains on shutdown.
+#[allow(clippy::too_many_arguments)]
+async fn control(
+    source: ConfigSource,
+    mut supervisor: Supervisor,
+    metrics: Metrics,
+    mut reload_rx: mpsc::Receiver<ReloadRequest>,
+    shutdown: CancellationToken,
+    ready: Arc<AtomicBool>,
+    http_stop: CancellationToken,
+    servers: Vec<JoinHandle<()>>,
+) {
+    let mut hup = hangups();
+    loop {
+        let reply = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            Some(tx) = reload_rx.recv() => Some(tx),
+            Some(()) = hup.recv() => None,
+        };
+        let result = match source.load() {
+            Ok(c) => supervisor.apply(c).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match &result {
+            Ok(()) => tracing::info!("configuration reloaded"),
+            Err(e) => tracing::error!(error = %e, "reload failed; the old configuration stays"),
+        }
+        metrics.config_loaded(result.is_ok());
+        if let Some(tx) = reply {
+            let _ = tx.send(result);
+        }
+    }
+    ready.store(false, Ordering::Relaxed);
+    tracing::info!("stopping: no new probes; waiting for in-flight probes up to their timeout");
+    supervisor.shutdown().await;
+    http_stop.cancel();
+    for s in servers {
+        let _ = s.await;
+    }
+    tracing::info!("stopped");
+}
+
+/// SIGHUP as a stream of reload requests (never fires where there are no signals).
+fn hangups() -> mpsc::Receiver<()> {
+    let (tx, rx) = mpsc::channel(1);
+    #[cfg(unix)]
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut s) = signal(SignalKind::hangup()) else { return };
+        while s.recv().await.is_some() {
+            if tx.send(()).await.is_err() {
+                return;
+            }
+        }
+    });
+    #[cfg(not(unix))]
+    drop(tx);
+    rx
+}

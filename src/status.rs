@@ -1,0 +1,245 @@
+//! The status board: per dueslag, the last success, the last round trip, and a bounded
+//! history of recent outcomes with their reasons. Rendered as the HTML page at `/` and
+//! the per-dueslag history at `/dueslag/{name}`.
+
+use std::collections::VecDeque;
+use std::fmt::Write;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime};
+
+use uuid::Uuid;
+
+use crate::message::{escape, format_time};
+use crate::outcome::{Observer, Outcome, ProbeResult, ReceivedKind};
+
+/// How many outcomes each dueslag remembers.
+pub const HISTORY: usize = 50;
+
+/// One remembered event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry {
+    pub at: SystemTime,
+    pub besked_id: Option<Uuid>,
+    pub result: String,
+    pub reason: Option<String>,
+    pub status_kode: Option<i32>,
+    pub roundtrip: Option<Duration>,
+}
+
+#[derive(Debug, Default)]
+struct Board {
+    last_success: Option<SystemTime>,
+    last_roundtrip: Option<Duration>,
+    inflight: usize,
+    held: usize,
+    paused: bool,
+    history: VecDeque<Entry>,
+}
+
+/// The status of one dueslag.
+#[derive(Debug)]
+pub struct DueslagStatus {
+    pub name: String,
+    pub mode: &'static str,
+    board: Mutex<Board>,
+}
+
+/// A copy of a dueslag's status for rendering.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub name: String,
+    pub mode: &'static str,
+    pub last_success: Option<SystemTime>,
+    pub last_roundtrip: Option<Duration>,
+    pub inflight: usize,
+    pub held: usize,
+    pub paused: bool,
+    /// Newest first.
+    pub history: Vec<Entry>,
+}
+
+impl DueslagStatus {
+    pub fn new(name: &str, mode: &'static str) -> Self {
+        DueslagStatus {
+            name: name.to_string(),
+            mode,
+            board: Mutex::default(),
+        }
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        let b = self.board.lock().unwrap();
+        Snapshot {
+            name: self.name.clone(),
+            mode: self.mode,
+            last_success: b.last_success,
+            last_roundtrip: b.last_roundtrip,
+            inflight: b.inflight,
+            held: b.held,
+            paused: b.paused,
+            history: b.history.iter().rev().cloned().collect(),
+        }
+    }
+}
+
+fn push(b: &mut Board, e: Entry) {
+    if b.history.len() == HISTORY {
+        b.history.pop_front();
+    }
+    b.history.push_back(e);
+}
+
+impl Observer for DueslagStatus {
+    fn observe(&self, outcome: Outcome) {
+        let mut b = self.board.lock().unwrap();
+        let now = SystemTime::now();
+        let entry = |besked_id, result: &str, reason: Option<String>, status_kode, roundtrip| Entry {
+            at: now,
+            besked_id,
+            result: result.to_string(),
+            reason,
+            status_kode,
+            roundtrip,
+        };
+        match outcome {
+            Outcome::Finished { besked_id, result, at } => {
+                let rt = match result {
+                    ProbeResult::Success { roundtrip } => {
+                        b.last_success = Some(at);
+                        b.last_roundtrip = Some(roundtrip);
+                        Some(roundtrip)
+                    }
+                    _ => None,
+                };
+                let reason = match result {
+                    ProbeResult::SendError(r) => Some(r.as_str().to_string()),
+                    _ => None,
+                };
+                push(&mut b, entry(Some(besked_id), result.label(), reason, None, rt));
+            }
+            Outcome::SendFailed {
+                besked_id,
+                reason,
+                status,
+                detail,
+            } => push(
+                &mut b,
+                entry(Some(besked_id), "send_failure", Some(format!("{}: {detail}", reason.as_str())), status, None),
+            ),
+            Outcome::Received { kind, besked_id, detail } if kind != ReceivedKind::Matched => {
+                push(&mut b, entry(besked_id, kind.as_str(), detail, None, None));
+            }
+            Outcome::Lost { besked_id } => push(&mut b, entry(Some(besked_id), "lost", None, None, None)),
+            Outcome::Inflight(n) => b.inflight = n,
+            Outcome::Held { count, paused } => {
+                b.held = count;
+                b.paused = paused;
+            }
+            _ => {}
+        }
+    }
+}
+
+fn ago(t: Option<SystemTime>) -> String {
+    match t.and_then(|t| SystemTime::now().duration_since(t).ok()) {
+        Some(d) => format!("{} ago", humantime::format_duration(Duration::from_secs(d.as_secs()))),
+        None => "never".to_string(),
+    }
+}
+
+fn millis(d: Option<Duration>) -> String {
+    d.map_or("–".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+}
+
+const STYLE: &str = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
+td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.bad{color:#b00}.ok{color:#070}";
+
+/// The status page.
+pub fn render_index(dueslag: &[Snapshot], version: &str) -> String {
+    let mut h = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>bfo-alive-exporter</title><style>{STYLE}</style></head><body>\
+         <h1>bfo-alive-exporter</h1><p>Version {} · <a href=\"/metrics\">metrics</a> · <a href=\"/-/healthy\">healthy</a> · <a href=\"/-/ready\">ready</a></p>\
+         <table><tr><th>dueslag</th><th>mode</th><th>last success</th><th>last round trip</th><th>in flight</th><th>held</th><th>recent failures</th></tr>",
+        escape(version)
+    );
+    for d in dueslag {
+        let failures: Vec<String> = d
+            .history
+            .iter()
+            .filter(|e| e.result != "success" && e.result != "send_failure")
+            .take(5)
+            .map(|e| {
+                let mut s = escape(&e.result);
+                if let Some(r) = &e.reason {
+                    let _ = write!(s, " ({})", escape(r));
+                }
+                s
+            })
+            .collect();
+        let class = if d.history.first().is_some_and(|e| e.result == "success") { "ok" } else { "bad" };
+        let _ = write!(
+            h,
+            "<tr><td><a href=\"/dueslag/{n}\">{n}</a></td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td></tr>",
+            d.mode,
+            ago(d.last_success),
+            millis(d.last_roundtrip),
+            d.inflight,
+            d.held,
+            if d.paused { " (consumer paused)" } else { "" },
+            if failures.is_empty() { "none".to_string() } else { failures.join("<br>") },
+            n = escape(&d.name),
+        );
+    }
+    h.push_str("</table></body></html>");
+    h
+}
+
+/// The recent history of one dueslag.
+pub fn render_history(d: &Snapshot) -> String {
+    let mut h = format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{n}</title><style>{STYLE}</style></head><body>\
+         <h1>dueslag {n} ({})</h1><p><a href=\"/\">all dueslag</a></p>\
+         <table><tr><th>time</th><th>BeskedId</th><th>result</th><th>reason</th><th>StatusKode</th><th>round trip</th></tr>",
+        d.mode,
+        n = escape(&d.name)
+    );
+    for e in &d.history {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            format_time(e.at),
+            e.besked_id.map(|i| i.to_string()).unwrap_or_default(),
+            escape(&e.result),
+            escape(e.reason.as_deref().unwrap_or("")),
+            e.status_kode.map(|c| c.to_string()).unwrap_or_default(),
+            millis(e.roundtrip),
+        );
+    }
+    h.push_str("</table></body></html>");
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outcome::SendFailure;
+
+    #[test]
+    fn history_is_bounded_and_newest_first() {
+        let s = DueslagStatus::new("d<x>", "pull");
+        for i in 0..(HISTORY + 10) {
+            s.observe(Outcome::SendFailed {
+                besked_id: Uuid::from_u128(i as u128),
+                reason: SendFailure::Rejected,
+                status: Some(44),
+                detail: "no".into(),
+            });
+        }
+        let snap = s.snapshot();
+        assert_eq!(snap.history.len(), HISTORY);
+        assert_eq!(snap.history[0].besked_id, Some(Uuid::from_u128((HISTORY + 9) as u128)));
+        let page = render_history(&snap);
+        assert!(page.contains("d&lt;x&gt;") && page.contains("<td>44</td>"));
+        assert!(render_index(&[snap], "0").contains("never"));
+    }
+}

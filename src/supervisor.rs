@@ -1,0 +1,202 @@
+//! The supervisor: one probe loop (and, for pull, one receiver) per dueslag, started,
+//! stopped and restarted by diffing configurations on reload.
+//!
+//! Reload rules (DESIGN §5): added dueslag start, removed ones stop and their series go
+//! away, changed ones restart; a change outside the dueslag list (broker, identity, token,
+//! push) restarts every loop on a new backend.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, RwLock};
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{self, Built};
+use crate::config::{Config, DueslagSpec, Mode};
+use crate::metrics::Metrics;
+use crate::outcome::{Fanout, Observer};
+use crate::probe::{self, DueslagProbe, ProbeContext};
+use crate::receiver;
+use crate::shard::Shard;
+use crate::status::DueslagStatus;
+
+/// A running dueslag as the HTTP surface sees it.
+pub struct Running {
+    pub probe: Arc<DueslagProbe>,
+    pub status: Arc<DueslagStatus>,
+}
+
+/// The running dueslag by name, shared with the HTTP surface.
+#[derive(Default)]
+pub struct Registry(RwLock<BTreeMap<String, Arc<Running>>>);
+
+impl Registry {
+    pub fn get(&self, name: &str) -> Option<Arc<Running>> {
+        self.0.read().unwrap().get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Running>> {
+        self.0.read().unwrap().values().cloned().collect()
+    }
+}
+
+struct Loop {
+    spec: DueslagSpec,
+    stop_sending: CancellationToken,
+    stop_receiving: CancellationToken,
+    sender: JoinHandle<()>,
+    receiver: Option<JoinHandle<()>>,
+}
+
+/// Owns the loops and the backend.
+pub struct Supervisor {
+    metrics: Metrics,
+    registry: Arc<Registry>,
+    run: uuid::Uuid,
+    push_base: String,
+    shard: Option<Shard>,
+    config: Option<Config>,
+    built: Option<Built>,
+    loops: HashMap<String, Loop>,
+}
+
+impl Supervisor {
+    /// `push_base` is where the simulator POSTs push deliveries (`http://host:port`).
+    pub fn new(metrics: Metrics, registry: Arc<Registry>, push_base: String, shard: Option<Shard>) -> Self {
+        Supervisor {
+            metrics,
+            registry,
+            run: uuid::Uuid::new_v4(),
+            push_base,
+            shard,
+            config: None,
+            built: None,
+            loops: HashMap::new(),
+        }
+    }
+
+    pub fn config(&self) -> Option<&Config> {
+        self.config.as_ref()
+    }
+
+    /// The dueslag of `config` that this shard runs.
+    fn specs(&self, config: &Config) -> Vec<DueslagSpec> {
+        config
+            .dueslag_specs()
+            .into_iter()
+            .filter(|s| self.shard.is_none_or(|sh| sh.owns(&s.name)))
+            .collect()
+    }
+
+    /// Applies a configuration: the first one, or a reload.
+    pub async fn apply(&mut self, config: Config) -> Result<(), String> {
+        let global_changed = self.config.as_ref().is_none_or(|c| c.global_part() != config.global_part());
+        if global_changed {
+            let built = backend::build(&config, &self.metrics).await?;
+            let names: Vec<String> = self.loops.keys().cloned().collect();
+            for name in names {
+                self.stop_now(&name);
+            }
+            if let Some(old) = self.built.take() {
+                old.backend.stop.cancel();
+            }
+            self.built = Some(built);
+        }
+        let specs = self.specs(&config);
+        let built = self.built.as_ref().expect("built above");
+        built.set_dueslag(&specs, &self.push_base);
+        let wanted: BTreeMap<&str, &DueslagSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
+        let names: Vec<String> = self.loops.keys().cloned().collect();
+        for name in names {
+            match wanted.get(name.as_str()) {
+                Some(spec) if self.loops[&name].spec == **spec => {}
+                _ => self.stop_now(&name),
+            }
+        }
+        let ctx = Arc::new(ProbeContext {
+            instance: config.instance(),
+            run: self.run,
+            anvendersystem: config.identity.anvendersystem,
+            cvr: config.identity.cvr.clone(),
+        });
+        for spec in specs {
+            if !self.loops.contains_key(&spec.name) {
+                self.start(spec, ctx.clone());
+            }
+        }
+        tracing::info!(dueslag = self.loops.len(), "configuration applied");
+        self.config = Some(config);
+        Ok(())
+    }
+
+    fn start(&mut self, spec: DueslagSpec, ctx: Arc<ProbeContext>) {
+        let built = self.built.as_ref().expect("a backend is built before loops start");
+        let status = Arc::new(DueslagStatus::new(&spec.name, spec.mode.as_str()));
+        let observer: Arc<dyn Observer> = Arc::new(Fanout(vec![
+            Arc::new(self.metrics.dueslag(&spec.name, spec.mode)),
+            status.clone(),
+        ]));
+        let probe = DueslagProbe::new(spec.clone(), ctx, observer);
+        let stop_sending = CancellationToken::new();
+        let stop_receiving = CancellationToken::new();
+        let sender = tokio::spawn(probe::run(probe.clone(), built.backend.afsender.clone(), stop_sending.clone()));
+        let receiver = (spec.mode == Mode::Pull).then(|| {
+            tokio::spawn(receiver::run_pull(
+                probe.clone(),
+                built.backend.afhenter.clone(),
+                stop_receiving.clone(),
+            ))
+        });
+        self.registry
+            .0
+            .write()
+            .unwrap()
+            .insert(spec.name.clone(), Arc::new(Running { probe, status }));
+        tracing::info!(dueslag = %spec.name, mode = spec.mode.as_str(), interval = ?spec.interval, "dueslag started");
+        self.loops.insert(
+            spec.name.clone(),
+            Loop {
+                spec,
+                stop_sending,
+                stop_receiving,
+                sender,
+                receiver,
+            },
+        );
+    }
+
+    /// Stops a dueslag at once (reload) and removes its series.
+    fn stop_now(&mut self, name: &str) {
+        if let Some(l) = self.loops.remove(name) {
+            l.stop_sending.cancel();
+            l.stop_receiving.cancel();
+            l.sender.abort();
+            self.registry.0.write().unwrap().remove(name);
+            self.metrics.remove_dueslag(name, l.spec.mode);
+            tracing::info!(dueslag = name, "dueslag stopped");
+            // The receiver closes its consumer on cancel, returning held messages.
+            drop(l.receiver);
+        }
+    }
+
+    /// Graceful stop: no new probes; in-flight probes get up to their timeout; then the
+    /// receivers close (held messages return to their queues).
+    pub async fn shutdown(&mut self) {
+        let loops: Vec<Loop> = self.loops.drain().map(|(_, l)| l).collect();
+        for l in &loops {
+            l.stop_sending.cancel();
+        }
+        let mut receivers = vec![];
+        for l in loops {
+            let _ = l.sender.await;
+            l.stop_receiving.cancel();
+            receivers.extend(l.receiver);
+        }
+        for r in receivers {
+            let _ = r.await;
+        }
+        if let Some(b) = self.built.take() {
+            b.backend.stop.cancel();
+        }
+    }
+}
