@@ -40,7 +40,9 @@ pub async fn build(config: &Config, metrics: &Metrics) -> Result<Built, String> 
             }
             Ok(Built {
                 backend: Backend {
-                    afsender: Arc::new(SimAfsender { sim: simulator.clone() }),
+                    afsender: Arc::new(SimAfsender {
+                        sim: simulator.clone(),
+                    }),
                     afhenter: Arc::new(SimAfhenter {
                         sim: simulator.clone(),
                         sink: sink.clone(),

@@ -13,7 +13,11 @@ use crate::shard::Shard;
 pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
 
 #[derive(Debug, Parser)]
-#[command(name = "bfo-alive-exporter", version, about = "Prometheus exporter that probes Beskedfordeler dueslag with AliveBesked round trips")]
+#[command(
+    name = "bfo-alive-exporter",
+    version,
+    about = "Prometheus exporter that probes Beskedfordeler dueslag with AliveBesked round trips"
+)]
 pub struct Cli {
     /// Configuration file (TOML).
     #[arg(long = "config.file", value_name = "FILE", global = true)]
@@ -27,7 +31,12 @@ pub struct Cli {
     /// Log level: error, warn, info, debug.
     #[arg(long = "log.level", default_value = "info", global = true)]
     pub log_level: String,
-    #[arg(long = "log.format", value_enum, default_value = "logfmt", global = true)]
+    #[arg(
+        long = "log.format",
+        value_enum,
+        default_value = "logfmt",
+        global = true
+    )]
     pub log_format: LogFormat,
     /// Run only shard i of n (1-based) of the configured dueslag, by a stable hash of the name.
     #[arg(long = "shard", value_name = "i/n", global = true)]
@@ -51,15 +60,25 @@ pub enum Command {
 fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
     use tracing_subscriber::EnvFilter;
     use tracing_subscriber::prelude::*;
-    let filter = EnvFilter::try_new(format!("{level},lapin=warn,amq_protocol=warn,hyper=warn,reqwest=warn"))
-        .map_err(|e| format!("--log.level {level:?}: {e}"))?;
+    let filter = EnvFilter::try_new(format!(
+        "{level},lapin=warn,amq_protocol=warn,hyper=warn,reqwest=warn"
+    ))
+    .map_err(|e| format!("--log.level {level:?}: {e}"))?;
     let registry = tracing_subscriber::registry().with(filter);
     match format {
         LogFormat::Logfmt => registry
-            .with(tracing_logfmt::builder().layer().with_writer(std::io::stderr))
+            .with(
+                tracing_logfmt::builder()
+                    .layer()
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
     }
     .map_err(|e| e.to_string())
@@ -129,7 +148,9 @@ async fn run(cli: Cli) -> ExitCode {
         println!("  status page   {base}/");
         println!("  metrics       {base}/metrics");
         println!("  push endpoint {base}/push/{{dueslag}}");
-        println!("Probes run every 2 s; the flaky dueslag move every failure counter within a few minutes.");
+        println!(
+            "Probes run every 2 s; the flaky dueslag move every failure counter within a few minutes."
+        );
         println!("Stop with Ctrl-C.");
     }
     let stop = server.shutdown_token();
@@ -142,7 +163,11 @@ async fn run(cli: Cli) -> ExitCode {
 }
 
 fn display_addr(a: std::net::SocketAddr) -> String {
-    if a.ip().is_unspecified() { format!("localhost:{}", a.port()) } else { a.to_string() }
+    if a.ip().is_unspecified() {
+        format!("localhost:{}", a.port())
+    } else {
+        a.to_string()
+    }
 }
 
 /// SIGINT or SIGTERM.

@@ -410,7 +410,8 @@ impl Config {
             file: file.to_string(),
             message,
         };
-        let config: Config = toml::from_str(text).map_err(|e| err(describe_toml_error(&e, text)))?;
+        let config: Config =
+            toml::from_str(text).map_err(|e| err(describe_toml_error(&e, text)))?;
         config.validate().map_err(err)?;
         Ok(config)
     }
@@ -432,26 +433,43 @@ impl Config {
     fn validate(&self) -> Result<(), String> {
         let cvr = &self.identity.cvr;
         if cvr.len() != 8 || !cvr.bytes().all(|b| b.is_ascii_digit()) {
-            return Err(format!("identity.cvr: {cvr:?} is not an 8-digit CVR number"));
+            return Err(format!(
+                "identity.cvr: {cvr:?} is not an 8-digit CVR number"
+            ));
         }
         let b = &self.exporter.roundtrip_buckets;
-        if b.is_empty() || b.windows(2).any(|w| w[0] >= w[1]) || b.iter().any(|v| !v.is_finite() || *v <= 0.0) {
-            return Err("exporter.roundtrip_buckets: must be positive, finite and strictly increasing".into());
+        if b.is_empty()
+            || b.windows(2).any(|w| w[0] >= w[1])
+            || b.iter().any(|v| !v.is_finite() || *v <= 0.0)
+        {
+            return Err(
+                "exporter.roundtrip_buckets: must be positive, finite and strictly increasing"
+                    .into(),
+            );
         }
         if let Some(broker) = &self.broker {
             if broker.backend == BackendKind::Amqp {
-                let url = broker.url.as_ref().ok_or("broker.url: required with backend = \"amqp\"")?;
+                let url = broker
+                    .url
+                    .as_ref()
+                    .ok_or("broker.url: required with backend = \"amqp\"")?;
                 let parsed = url::Url::parse(&url.0)
                     .map_err(|e| format!("broker.url: {} ({e})", mask_url(&url.0)))?;
                 if !matches!(parsed.scheme(), "amqp" | "amqps") {
-                    return Err(format!("broker.url: scheme must be amqp or amqps, not {:?}", parsed.scheme()));
+                    return Err(format!(
+                        "broker.url: scheme must be amqp or amqps, not {:?}",
+                        parsed.scheme()
+                    ));
                 }
                 if broker.auth == AuthKind::External {
                     match &self.token {
-                        None => return Err("token: required with broker.auth = \"external\"".into()),
-                        Some(t) if t.source == TokenSourceKind::None => {
-                            return Err("token.source: \"none\" cannot be used with broker.auth = \"external\"".into())
+                        None => {
+                            return Err("token: required with broker.auth = \"external\"".into());
                         }
+                        Some(t) if t.source == TokenSourceKind::None => return Err(
+                            "token.source: \"none\" cannot be used with broker.auth = \"external\""
+                                .into(),
+                        ),
                         _ => {}
                     }
                 }
@@ -464,7 +482,9 @@ impl Config {
                     return Err("broker.tls: cert_file and key_file go together".into());
                 }
                 if tls.pkcs12_file.is_some() && tls.cert_file.is_some() {
-                    return Err("broker.tls: use either cert_file/key_file or pkcs12_file, not both".into());
+                    return Err(
+                        "broker.tls: use either cert_file/key_file or pkcs12_file, not both".into(),
+                    );
                 }
             }
         }
@@ -482,7 +502,7 @@ impl Config {
                     }
                 }
                 TokenSourceKind::File if t.file.is_none() => {
-                    return Err("token.file: required with token.source = \"file\"".into())
+                    return Err("token.file: required with token.source = \"file\"".into());
                 }
                 _ => {}
             }
@@ -521,7 +541,10 @@ impl Config {
         for (i, ds) in self.dueslag.iter().enumerate() {
             let key = format!("dueslag[{i}]");
             if ds.name.is_empty()
-                || !ds.name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+                || !ds
+                    .name
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
             {
                 return Err(format!("{key}.name: {:?} must match [a-z0-9_-]+", ds.name));
             }
@@ -531,13 +554,17 @@ impl Config {
             let key = format!("dueslag.{}", ds.name);
             match ds.mode {
                 Mode::Pull if ds.queue.as_deref().is_none_or(str::is_empty) => {
-                    return Err(format!("{key}.queue: required for a pull dueslag (the dueslag UUID)"))
+                    return Err(format!(
+                        "{key}.queue: required for a pull dueslag (the dueslag UUID)"
+                    ));
                 }
                 Mode::Push if ds.queue.is_some() => {
-                    return Err(format!("{key}.queue: only pull dueslag have a queue"))
+                    return Err(format!("{key}.queue: only pull dueslag have a queue"));
                 }
                 Mode::Push if ds.unexpected.is_some() => {
-                    return Err(format!("{key}.unexpected: only for pull dueslag; push answers non-20"))
+                    return Err(format!(
+                        "{key}.unexpected: only for pull dueslag; push answers non-20"
+                    ));
                 }
                 _ => {}
             }
@@ -565,11 +592,16 @@ impl Config {
                 }
             }
             if f.reject_code == protocol::status::OK {
-                return Err(format!("{key}.reject_code: 20 is acceptance, not a rejection"));
+                return Err(format!(
+                    "{key}.reject_code: 20 is acceptance, not a rejection"
+                ));
             }
         }
         if !self.sim.faults.is_empty() && self.backend() != BackendKind::Sim {
-            return Err("sim.faults: only with the sim backend (omit [broker] or set backend = \"sim\")".into());
+            return Err(
+                "sim.faults: only with the sim backend (omit [broker] or set backend = \"sim\")"
+                    .into(),
+            );
         }
         Ok(())
     }
@@ -607,17 +639,31 @@ impl Config {
     }
 }
 
-/// Turns a toml error into one line: the line number, and the key it is about.
+/// Turns a toml error into one line naming the line and the key it is about.
 fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
     let msg = e.message().trim().replace('\n', " ");
-    match e.span() {
-        Some(span) => {
-            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
-            let snippet = text[span.clone()].lines().next().unwrap_or("").trim();
-            format!("line {line}: {msg} (at `{snippet}`)")
-        }
-        None => msg,
-    }
+    let Some(span) = e.span() else { return msg };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    // The table this line is in: the last [header] or [[header]] above it.
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string());
+    let path = match (table, key) {
+        (Some(t), Some(k)) if !line.starts_with('[') => format!("{t}.{k}"),
+        (None, Some(k)) => k,
+        (Some(t), _) => t,
+        (None, None) => line.to_string(),
+    };
+    format!("line {line_no}, key {path}: {msg}")
 }
 
 #[cfg(test)]

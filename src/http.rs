@@ -77,14 +77,23 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
 }
 
 async fn index(State(s): State<AppState>) -> Html<String> {
-    let snaps: Vec<_> = s.registry.all().iter().map(|r| r.status.snapshot()).collect();
+    let snaps: Vec<_> = s
+        .registry
+        .all()
+        .iter()
+        .map(|r| r.status.snapshot())
+        .collect();
     Html(render_index(&snaps, VERSION))
 }
 
 async fn history(State(s): State<AppState>, Path(name): Path<String>) -> Response {
     match s.registry.get(&name) {
         Some(r) => Html(render_history(&r.status.snapshot())).into_response(),
-        None => (StatusCode::NOT_FOUND, format!("no dueslag named {name:?}\n")).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            format!("no dueslag named {name:?}\n"),
+        )
+            .into_response(),
     }
 }
 
@@ -103,22 +112,38 @@ async fn reload(State(s): State<AppState>) -> Response {
     }
     match rx.await {
         Ok(Ok(())) => "configuration reloaded\n".into_response(),
-        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, format!("reload failed, old configuration kept: {e}\n")).into_response(),
+        Ok(Err(e)) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed, old configuration kept: {e}\n"),
+        )
+            .into_response(),
         Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response(),
     }
 }
 
 fn xml(code: StatusCode, retur: StandardRetur) -> Response {
-    (code, [(header::CONTENT_TYPE, "application/xml; charset=utf-8")], build_modtag_besked_output(&retur)).into_response()
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        build_modtag_besked_output(&retur),
+    )
+        .into_response()
 }
 
 /// BeskedFåTilsendt: answers 20 only after the Alive message is recorded; anything else
 /// gets a non-20 StatusKode so the Beskedfordeler keeps the message.
 async fn push(State(s): State<AppState>, Path(name): Path<String>, body: Body) -> Response {
-    let Some(running) = s.registry.get(&name).filter(|r| r.probe.spec.mode == Mode::Push) else {
+    let Some(running) = s
+        .registry
+        .get(&name)
+        .filter(|r| r.probe.spec.mode == Mode::Push)
+    else {
         return xml(
             StatusCode::NOT_FOUND,
-            StandardRetur::error(status::NOT_FOUND, format!("no push dueslag named {name:?} here")),
+            StandardRetur::error(
+                status::NOT_FOUND,
+                format!("no push dueslag named {name:?} here"),
+            ),
         );
     };
     let bytes = match to_bytes(body, s.max_body).await {
@@ -130,11 +155,20 @@ async fn push(State(s): State<AppState>, Path(name): Path<String>, body: Body) -
                 besked_id: None,
                 detail: Some(why.clone()),
             });
-            return xml(StatusCode::PAYLOAD_TOO_LARGE, StandardRetur::error(status::INVALID_INPUT, why));
+            return xml(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                StandardRetur::error(status::INVALID_INPUT, why),
+            );
         }
     };
-    match running.probe.on_arrival(&bytes, Envelope::ModtagBeskedInput) {
+    match running
+        .probe
+        .on_arrival(&bytes, Envelope::ModtagBeskedInput)
+    {
         Verdict::Take => xml(StatusCode::OK, StandardRetur::ok()),
-        Verdict::Refuse(why) => xml(StatusCode::BAD_REQUEST, StandardRetur::error(status::INVALID_INPUT, why)),
+        Verdict::Refuse(why) => xml(
+            StatusCode::BAD_REQUEST,
+            StandardRetur::error(status::INVALID_INPUT, why),
+        ),
     }
 }

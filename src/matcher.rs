@@ -32,7 +32,9 @@ struct Pending {
 enum Finished {
     Matched,
     /// Timed out; counted lost at `lost_at` unless it arrives before.
-    TimedOut { lost_at: Instant },
+    TimedOut {
+        lost_at: Instant,
+    },
     /// Timed out and never arrived.
     Lost,
     /// Arrived after its deadline.
@@ -78,9 +80,20 @@ impl Matcher {
     }
 
     /// Records a probe about to be sent. At capacity the oldest probe times out first.
-    pub fn begin(&mut self, besked_id: Uuid, now: Instant, timeout: Duration, out: &mut Vec<Outcome>) {
+    pub fn begin(
+        &mut self,
+        besked_id: Uuid,
+        now: Instant,
+        timeout: Duration,
+        out: &mut Vec<Outcome>,
+    ) {
         while self.inflight.len() >= self.max_inflight {
-            let Some(oldest) = self.inflight.iter().min_by_key(|(_, p)| p.sent).map(|(id, _)| *id) else {
+            let Some(oldest) = self
+                .inflight
+                .iter()
+                .min_by_key(|(_, p)| p.sent)
+                .map(|(id, _)| *id)
+            else {
                 break;
             };
             self.time_out(oldest, now, out);
@@ -109,7 +122,13 @@ impl Matcher {
     }
 
     /// Classifies an Alive message that arrived in this dueslag.
-    pub fn arrive(&mut self, besked_id: Uuid, probe: Option<&ProbePayload>, now: Instant, out: &mut Vec<Outcome>) {
+    pub fn arrive(
+        &mut self,
+        besked_id: Uuid,
+        probe: Option<&ProbePayload>,
+        now: Instant,
+        out: &mut Vec<Outcome>,
+    ) {
         let ours = probe.filter(|p| {
             p.instance == self.id.instance && p.run == self.id.run && p.dueslag == self.id.dueslag
         });
@@ -283,7 +302,12 @@ mod tests {
         let id = Uuid::new_v4();
         let mut out = vec![];
         m.begin(id, t0, T, &mut out);
-        m.arrive(id, Some(&payload(&m, 1)), t0 + Duration::from_millis(250), &mut out);
+        m.arrive(
+            id,
+            Some(&payload(&m, 1)),
+            t0 + Duration::from_millis(250),
+            &mut out,
+        );
         assert!(out.contains(&Outcome::Finished {
             besked_id: id,
             result: ProbeResult::Success {
@@ -294,7 +318,12 @@ mod tests {
                 _ => unreachable!(),
             }
         }));
-        m.arrive(id, Some(&payload(&m, 1)), t0 + Duration::from_secs(1), &mut out);
+        m.arrive(
+            id,
+            Some(&payload(&m, 1)),
+            t0 + Duration::from_secs(1),
+            &mut out,
+        );
         assert_eq!(kinds(&out), ["success", "matched", "duplicate"]);
         assert_eq!(m.inflight(), 0);
     }
@@ -310,7 +339,12 @@ mod tests {
         m.expire(t0 + T - Duration::from_millis(1), &mut out);
         assert!(kinds(&out).is_empty());
         m.expire(t0 + T, &mut out);
-        m.arrive(id, Some(&payload(&m, 1)), t0 + T + Duration::from_secs(1), &mut out);
+        m.arrive(
+            id,
+            Some(&payload(&m, 1)),
+            t0 + T + Duration::from_secs(1),
+            &mut out,
+        );
         m.expire(t0 + T * 3, &mut out);
         m.arrive(id, Some(&payload(&m, 1)), t0 + T * 3, &mut out);
         assert_eq!(kinds(&out), ["timeout", "late", "duplicate"]);
@@ -341,7 +375,10 @@ mod tests {
         m.begin(b, t0, T, &mut out);
         m.arrive(b, Some(&payload(&m, 2)), t0, &mut out);
         m.arrive(a, Some(&payload(&m, 1)), t0, &mut out);
-        assert_eq!(kinds(&out), ["success", "matched", "success", "out_of_order"]);
+        assert_eq!(
+            kinds(&out),
+            ["success", "matched", "success", "out_of_order"]
+        );
     }
 
     #[test]
@@ -355,7 +392,12 @@ mod tests {
         other_instance.instance = "j".into();
         let mut other_dueslag = payload(&m, 1);
         other_dueslag.dueslag = "e".into();
-        for p in [Some(&other_run), Some(&other_instance), Some(&other_dueslag), None] {
+        for p in [
+            Some(&other_run),
+            Some(&other_instance),
+            Some(&other_dueslag),
+            None,
+        ] {
             m.arrive(Uuid::new_v4(), p, now, &mut out);
         }
         assert_eq!(kinds(&out), ["foreign"; 4]);

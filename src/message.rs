@@ -335,7 +335,8 @@ fn read_haendelsesbesked(root: Node<'_, '_>) -> Result<Haendelsesbesked, ParseEr
         path.push(last);
         kuvert_leaf(root, &path, leaf)
     };
-    let uuid_under = |last: &str| leaf_under(last, "UUIDIdentifikator").and_then(|t| t.parse().ok());
+    let uuid_under =
+        |last: &str| leaf_under(last, "UUIDIdentifikator").and_then(|t| t.parse().ok());
     Ok(Haendelsesbesked {
         besked_id,
         beskedtype: uuid_under("Beskedtype"),
@@ -458,7 +459,10 @@ mod tests {
         assert_eq!(m.besked_id, id);
         assert!(m.is_alive());
         assert_eq!(m.ansvarlig_aktoer, Some(Uuid::nil()));
-        assert_eq!(m.tilladt_modtager.as_deref(), Some("urn:oio:cvr-nr:29189846"));
+        assert_eq!(
+            m.tilladt_modtager.as_deref(),
+            Some("urn:oio:cvr-nr:29189846")
+        );
         assert_eq!(m.probe, Some(p));
         assert!(m.dannelsestidspunkt.unwrap().ends_with(".123Z"));
     }
@@ -481,8 +485,14 @@ mod tests {
     fn prefixes_do_not_matter_but_namespaces_do() {
         let m = parse_haendelsesbesked(OTHER_PREFIXES.as_bytes()).unwrap();
         assert!(m.is_alive());
-        assert_eq!(m.besked_id.to_string(), "0b1c3a42-8d2e-4f51-9a3b-1c2d3e4f5a6b");
-        assert_eq!(m.tilladt_modtager.as_deref(), Some("urn:oio:cvr-nr:29189846"));
+        assert_eq!(
+            m.besked_id.to_string(),
+            "0b1c3a42-8d2e-4f51-9a3b-1c2d3e4f5a6b"
+        );
+        assert_eq!(
+            m.tilladt_modtager.as_deref(),
+            Some("urn:oio:cvr-nr:29189846")
+        );
         let probe = m.probe.unwrap();
         assert_eq!((probe.sequence, probe.dueslag.as_str()), (7, "d"));
 
@@ -497,10 +507,20 @@ mod tests {
             r#"<ns2:Beskedtype><UUIDIdentifikator xmlns="urn:example:other">"#,
             1,
         );
-        assert!(!parse_haendelsesbesked(wrong_leaf.as_bytes()).unwrap().is_alive());
+        assert!(
+            !parse_haendelsesbesked(wrong_leaf.as_bytes())
+                .unwrap()
+                .is_alive()
+        );
         // The payload in another namespace is not ours.
-        let wrong_payload = OTHER_PREFIXES.replace("urn:bfo-alive-exporter:probe:1", "urn:example:p");
-        assert!(parse_haendelsesbesked(wrong_payload.as_bytes()).unwrap().probe.is_none());
+        let wrong_payload =
+            OTHER_PREFIXES.replace("urn:bfo-alive-exporter:probe:1", "urn:example:p");
+        assert!(
+            parse_haendelsesbesked(wrong_payload.as_bytes())
+                .unwrap()
+                .probe
+                .is_none()
+        );
     }
 
     #[test]
@@ -514,21 +534,42 @@ mod tests {
     #[test]
     fn refuses_dtd_and_entities() {
         let xml = r#"<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]><Haendelsesbesked xmlns="urn:oio:besked:kuvert:1.0">&e;</Haendelsesbesked>"#;
-        assert!(matches!(parse_haendelsesbesked(xml.as_bytes()), Err(ParseError::Xml(_))));
+        assert!(matches!(
+            parse_haendelsesbesked(xml.as_bytes()),
+            Err(ParseError::Xml(_))
+        ));
         let bomb = r#"<!DOCTYPE x [<!ENTITY a "aaaa"><!ENTITY b "&a;&a;&a;">]><x>&b;</x>"#;
-        assert!(matches!(parse_haendelsesbesked(bomb.as_bytes()), Err(ParseError::Xml(_))));
+        assert!(matches!(
+            parse_haendelsesbesked(bomb.as_bytes()),
+            Err(ParseError::Xml(_))
+        ));
     }
 
     #[test]
     fn bounds_size_and_depth() {
         let deep = "<a>".repeat(MAX_XML_DEPTH + 1) + &"</a>".repeat(MAX_XML_DEPTH + 1);
-        assert_eq!(parse_haendelsesbesked(deep.as_bytes()), Err(ParseError::TooDeep));
+        assert_eq!(
+            parse_haendelsesbesked(deep.as_bytes()),
+            Err(ParseError::TooDeep)
+        );
         let ok_depth = "<a>".repeat(MAX_XML_DEPTH) + &"</a>".repeat(MAX_XML_DEPTH);
-        assert!(matches!(parse_haendelsesbesked(ok_depth.as_bytes()), Err(ParseError::WrongRoot { .. })));
+        assert!(matches!(
+            parse_haendelsesbesked(ok_depth.as_bytes()),
+            Err(ParseError::WrongRoot { .. })
+        ));
         let big = vec![b' '; MAX_XML_BYTES + 1];
-        assert_eq!(parse_haendelsesbesked(&big), Err(ParseError::TooLarge(MAX_XML_BYTES + 1)));
-        assert_eq!(parse_haendelsesbesked(&[0xff, 0xfe]), Err(ParseError::NotUtf8));
-        assert!(matches!(parse_haendelsesbesked(b"<unclosed"), Err(ParseError::Xml(_))));
+        assert_eq!(
+            parse_haendelsesbesked(&big),
+            Err(ParseError::TooLarge(MAX_XML_BYTES + 1))
+        );
+        assert_eq!(
+            parse_haendelsesbesked(&[0xff, 0xfe]),
+            Err(ParseError::NotUtf8)
+        );
+        assert!(matches!(
+            parse_haendelsesbesked(b"<unclosed"),
+            Err(ParseError::Xml(_))
+        ));
     }
 
     #[test]
@@ -539,7 +580,10 @@ mod tests {
             StandardRetur::error(41, "token <expired>")
         );
         let variant = r#"<s:StandardRetur xmlns:s="urn:oio:sag-dok:3.0.0"><s:StatusKode> 20 </s:StatusKode></s:StandardRetur>"#;
-        assert_eq!(parse_standard_retur(variant.as_bytes()).unwrap(), StandardRetur::ok());
+        assert_eq!(
+            parse_standard_retur(variant.as_bytes()).unwrap(),
+            StandardRetur::ok()
+        );
         let missing = r#"<StandardRetur xmlns="urn:oio:sagdok:3.0.0"/>"#;
         assert_eq!(
             parse_standard_retur(missing.as_bytes()),
@@ -557,6 +601,9 @@ mod tests {
         assert_eq!(m.besked_id, id);
         assert!(parse_modtag_besked_input(xml.as_bytes()).is_err());
         let out = build_modtag_besked_output(&StandardRetur::ok());
-        assert_eq!(parse_modtag_besked_output(out.as_bytes()).unwrap(), StandardRetur::ok());
+        assert_eq!(
+            parse_modtag_besked_output(out.as_bytes()).unwrap(),
+            StandardRetur::ok()
+        );
     }
 }

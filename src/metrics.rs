@@ -87,7 +87,9 @@ impl MetricConstructor<Latency> for Buckets {
 }
 
 /// Send (publish → StandardRetur) buckets: 5 ms to 30 s.
-const SEND_BUCKETS: [f64; 12] = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+const SEND_BUCKETS: [f64; 12] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 /// The two broker connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,9 +181,21 @@ impl Metrics {
             Unit::Seconds,
             m.send_duration.clone(),
         );
-        reg.register("send_failures", "Failed Afsend calls by reason.", m.send_failures.clone());
-        reg.register("received", "Messages that arrived in a dueslag, by kind.", m.received.clone());
-        reg.register("lost", "Probes that timed out and never arrived, not even late.", m.lost.clone());
+        reg.register(
+            "send_failures",
+            "Failed Afsend calls by reason.",
+            m.send_failures.clone(),
+        );
+        reg.register(
+            "received",
+            "Messages that arrived in a dueslag, by kind.",
+            m.received.clone(),
+        );
+        reg.register(
+            "lost",
+            "Probes that timed out and never arrived, not even late.",
+            m.lost.clone(),
+        );
         reg.register_with_unit(
             "last_success_timestamp",
             "When the last probe succeeded (Unix time).",
@@ -194,8 +208,16 @@ impl Metrics {
             Unit::Seconds,
             m.last_attempt.clone(),
         );
-        reg.register("probe_success", "Outcome of the last finished probe (1 = success).", m.probe_success.clone());
-        reg.register("inflight", "Probes sent and not yet received or timed out.", m.inflight.clone());
+        reg.register(
+            "probe_success",
+            "Outcome of the last finished probe (1 = success).",
+            m.probe_success.clone(),
+        );
+        reg.register(
+            "inflight",
+            "Probes sent and not yet received or timed out.",
+            m.inflight.clone(),
+        );
         reg.register(
             "held_messages",
             "Non-Alive messages held unacknowledged in a pull dueslag (they stay in the broker).",
@@ -217,7 +239,11 @@ impl Metrics {
             "Failed attempts to obtain or renew a token.",
             m.token_renewal_failures.clone(),
         );
-        reg.register("connection_up", "1 when the broker connection is open.", m.connection_up.clone());
+        reg.register(
+            "connection_up",
+            "1 when the broker connection is open.",
+            m.connection_up.clone(),
+        );
         reg.register(
             "config_last_reload_successful",
             "1 when the last configuration (re)load succeeded.",
@@ -236,11 +262,21 @@ impl Metrics {
                 revision: REVISION,
             })
             .set(1);
-        reg.register("exporter_build_info", "Version and revision of the exporter.", build);
+        reg.register(
+            "exporter_build_info",
+            "Version and revision of the exporter.",
+            build,
+        );
         for s in Role::ALL {
-            let _ = m.token_expiry.get_or_create(&ServiceLabel { service: s.as_str() });
-            let _ = m.token_renewal_failures.get_or_create(&ServiceLabel { service: s.as_str() });
-            let _ = m.connection_up.get_or_create(&ConnectionLabel { connection: s.as_str() });
+            let _ = m.token_expiry.get_or_create(&ServiceLabel {
+                service: s.as_str(),
+            });
+            let _ = m.token_renewal_failures.get_or_create(&ServiceLabel {
+                service: s.as_str(),
+            });
+            let _ = m.connection_up.get_or_create(&ConnectionLabel {
+                connection: s.as_str(),
+            });
         }
         Metrics {
             registry: Arc::new(root),
@@ -258,12 +294,11 @@ impl Metrics {
             dueslag: name.to_string(),
         };
         let probe = |result| {
-            self.probes
-                .get_or_create_owned(&ProbeLabels {
-                    dueslag: name.to_string(),
-                    mode: mode.as_str(),
-                    result,
-                })
+            self.probes.get_or_create_owned(&ProbeLabels {
+                dueslag: name.to_string(),
+                mode: mode.as_str(),
+                result,
+            })
         };
         DueslagMetrics {
             success: probe("success"),
@@ -336,19 +371,25 @@ impl Metrics {
 
     pub fn set_connection_up(&self, role: Role, up: bool) {
         self.connection_up
-            .get_or_create(&ConnectionLabel { connection: role.as_str() })
+            .get_or_create(&ConnectionLabel {
+                connection: role.as_str(),
+            })
             .set(i64::from(up));
     }
 
     pub fn set_token_expiry(&self, role: Role, expiry: Option<SystemTime>) {
         self.token_expiry
-            .get_or_create(&ServiceLabel { service: role.as_str() })
+            .get_or_create(&ServiceLabel {
+                service: role.as_str(),
+            })
             .set(expiry.map_or(0.0, unix_seconds));
     }
 
     pub fn token_renewal_failed(&self, role: Role) {
         self.token_renewal_failures
-            .get_or_create(&ServiceLabel { service: role.as_str() })
+            .get_or_create(&ServiceLabel {
+                service: role.as_str(),
+            })
             .inc();
     }
 
@@ -378,7 +419,8 @@ impl Metrics {
 
 /// Seconds since the Unix epoch.
 pub fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// The series of one dueslag; turns its outcomes into metric updates.
@@ -405,12 +447,22 @@ impl Observer for DueslagMetrics {
             Outcome::Attempt { at, .. } => {
                 self.last_attempt.set(unix_seconds(at));
             }
-            Outcome::Sent { duration } => self.send_duration.observe(duration.as_secs_f64(), None, None),
+            Outcome::Sent { duration } => {
+                self.send_duration
+                    .observe(duration.as_secs_f64(), None, None)
+            }
             Outcome::SendFailed { reason, .. } => {
-                let i = SendFailure::ALL.iter().position(|r| *r == reason).unwrap_or(0);
+                let i = SendFailure::ALL
+                    .iter()
+                    .position(|r| *r == reason)
+                    .unwrap_or(0);
                 self.send_failures[i].inc();
             }
-            Outcome::Finished { besked_id, result, at } => match result {
+            Outcome::Finished {
+                besked_id,
+                result,
+                at,
+            } => match result {
                 ProbeResult::Success { roundtrip } => {
                     self.success.inc();
                     self.roundtrip.observe(
@@ -433,7 +485,10 @@ impl Observer for DueslagMetrics {
                 }
             },
             Outcome::Received { kind, .. } => {
-                let i = ReceivedKind::ALL.iter().position(|k| *k == kind).unwrap_or(0);
+                let i = ReceivedKind::ALL
+                    .iter()
+                    .position(|k| *k == kind)
+                    .unwrap_or(0);
                 self.received[i].inc();
             }
             Outcome::Lost { .. } => {
@@ -481,7 +536,10 @@ mod tests {
             at: SystemTime::now(),
         });
         let om = m.render_openmetrics();
-        assert!(om.contains(&format!("# {{besked_id=\"{id}\"}} 0.03")), "{om}");
+        assert!(
+            om.contains(&format!("# {{besked_id=\"{id}\"}} 0.03")),
+            "{om}"
+        );
         assert!(!m.render_text().contains("besked_id"));
         m.remove_dueslag("sag-pull", Mode::Pull);
         assert!(!m.render_text().contains("sag-pull"));

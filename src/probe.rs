@@ -69,7 +69,11 @@ pub struct DueslagProbe {
 }
 
 impl DueslagProbe {
-    pub fn new(spec: DueslagSpec, ctx: Arc<ProbeContext>, observer: Arc<dyn Observer>) -> Arc<Self> {
+    pub fn new(
+        spec: DueslagSpec,
+        ctx: Arc<ProbeContext>,
+        observer: Arc<dyn Observer>,
+    ) -> Arc<Self> {
         let matcher = Matcher::new(
             Identity {
                 instance: ctx.instance.clone(),
@@ -135,10 +139,12 @@ impl DueslagProbe {
             besked_id: msg.besked_id,
             at: SystemTime::now(),
         }];
-        self.matcher
-            .lock()
-            .unwrap()
-            .begin(msg.besked_id, Instant::now(), self.spec.timeout, &mut out);
+        self.matcher.lock().unwrap().begin(
+            msg.besked_id,
+            Instant::now(),
+            self.spec.timeout,
+            &mut out,
+        );
         self.emit(out);
     }
 
@@ -146,9 +152,14 @@ impl DueslagProbe {
     pub fn sent(&self, besked_id: Uuid, report: &SendReport) {
         let mut out = vec![];
         match report {
-            SendReport::Accepted { duration, .. } => out.push(Outcome::Sent { duration: *duration }),
+            SendReport::Accepted { duration, .. } => out.push(Outcome::Sent {
+                duration: *duration,
+            }),
             SendReport::Failed {
-                reason, status, detail, ..
+                reason,
+                status,
+                detail,
+                ..
             } => {
                 tracing::warn!(dueslag = %self.spec.name, %besked_id, reason = reason.as_str(), status, detail, "send failed");
                 out.push(Outcome::SendFailed {
@@ -157,7 +168,10 @@ impl DueslagProbe {
                     status: *status,
                     detail: detail.clone(),
                 });
-                self.matcher.lock().unwrap().send_failed(besked_id, *reason, &mut out);
+                self.matcher
+                    .lock()
+                    .unwrap()
+                    .send_failed(besked_id, *reason, &mut out);
             }
         }
         self.emit(out);
@@ -172,17 +186,20 @@ impl DueslagProbe {
         let why = match parsed {
             Ok(m) if m.is_alive() => {
                 let mut out = vec![];
-                self.matcher
-                    .lock()
-                    .unwrap()
-                    .arrive(m.besked_id, m.probe.as_ref(), Instant::now(), &mut out);
+                self.matcher.lock().unwrap().arrive(
+                    m.besked_id,
+                    m.probe.as_ref(),
+                    Instant::now(),
+                    &mut out,
+                );
                 self.emit(out);
                 return Verdict::Take;
             }
             Ok(m) => format!(
                 "not an Alive message (BeskedId {}, beskedtype {})",
                 m.besked_id,
-                m.beskedtype.map_or("missing".to_string(), |t| t.to_string())
+                m.beskedtype
+                    .map_or("missing".to_string(), |t| t.to_string())
             ),
             Err(e) => format!("not a readable Haendelsesbesked: {e}"),
         };
@@ -221,7 +238,10 @@ impl DueslagProbe {
     /// Times out probes past their deadline.
     pub fn expire(&self) {
         let mut out = vec![];
-        self.matcher.lock().unwrap().expire(Instant::now(), &mut out);
+        self.matcher
+            .lock()
+            .unwrap()
+            .expire(Instant::now(), &mut out);
         self.emit(out);
     }
 

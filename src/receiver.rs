@@ -21,7 +21,11 @@ pub const BACKOFF_START: Duration = Duration::from_millis(500);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Consumes the dueslag's queue until `stop`.
-pub async fn run_pull(probe: Arc<DueslagProbe>, afhenter: Arc<dyn Afhenter>, stop: CancellationToken) {
+pub async fn run_pull(
+    probe: Arc<DueslagProbe>,
+    afhenter: Arc<dyn Afhenter>,
+    stop: CancellationToken,
+) {
     let queue = probe.spec.queue.clone().unwrap_or_default();
     let mut backoff = BACKOFF_START;
     while !stop.is_cancelled() {

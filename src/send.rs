@@ -9,7 +9,7 @@ use uuid::Uuid;
 
 use crate::outcome::SendFailure;
 use crate::protocol::status;
-use crate::transport::{AttemptError, Afsender, Outgoing};
+use crate::transport::{Afsender, AttemptError, Outgoing};
 
 /// How an Afsend ended.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,7 +25,12 @@ pub enum SendReport {
 }
 
 /// Sends one message with retries.
-pub async fn send(afsender: &dyn Afsender, msg: &Outgoing, attempts: u32, timeout: Duration) -> SendReport {
+pub async fn send(
+    afsender: &dyn Afsender,
+    msg: &Outgoing,
+    attempts: u32,
+    timeout: Duration,
+) -> SendReport {
     let attempts = attempts.max(1);
     let mut last = (SendFailure::Timeout, None, String::new());
     for attempt in 1..=attempts {
@@ -46,7 +51,12 @@ pub async fn send(afsender: &dyn Afsender, msg: &Outgoing, attempts: u32, timeou
                 if attempt < attempts
                     && let Err(e) = afsender.renew_token().await
                 {
-                    return failed(SendFailure::Token, Some(r.status_kode), format!("token renewal failed: {e}"), attempt);
+                    return failed(
+                        SendFailure::Token,
+                        Some(r.status_kode),
+                        format!("token renewal failed: {e}"),
+                        attempt,
+                    );
                 }
             }
             Ok(r) => {
@@ -54,7 +64,11 @@ pub async fn send(afsender: &dyn Afsender, msg: &Outgoing, attempts: u32, timeou
                 return failed(SendFailure::Rejected, Some(r.status_kode), text, attempt);
             }
             Err(AttemptError::Timeout) => {
-                last = (SendFailure::Timeout, None, AttemptError::Timeout.to_string());
+                last = (
+                    SendFailure::Timeout,
+                    None,
+                    AttemptError::Timeout.to_string(),
+                );
             }
             Err(e @ AttemptError::Connection(_)) => {
                 return failed(SendFailure::Connection, None, e.to_string(), attempt);
@@ -62,7 +76,9 @@ pub async fn send(afsender: &dyn Afsender, msg: &Outgoing, attempts: u32, timeou
             Err(e @ AttemptError::Unroutable) => {
                 return failed(SendFailure::Unroutable, None, e.to_string(), attempt);
             }
-            Err(e @ AttemptError::NoToken(_)) => return failed(SendFailure::Token, None, e.to_string(), attempt),
+            Err(e @ AttemptError::NoToken(_)) => {
+                return failed(SendFailure::Token, None, e.to_string(), attempt);
+            }
         }
     }
     failed(last.0, last.1, last.2, attempts)
@@ -106,13 +122,26 @@ mod tests {
 
     #[async_trait]
     impl Afsender for Scripted {
-        async fn publish(&self, _: &Outgoing, c: Uuid, _: Duration) -> Result<StandardRetur, AttemptError> {
+        async fn publish(
+            &self,
+            _: &Outgoing,
+            c: Uuid,
+            _: Duration,
+        ) -> Result<StandardRetur, AttemptError> {
             self.correlation_ids.lock().unwrap().push(c);
-            self.answers.lock().unwrap().pop().expect("more attempts than scripted")
+            self.answers
+                .lock()
+                .unwrap()
+                .pop()
+                .expect("more attempts than scripted")
         }
         async fn renew_token(&self) -> Result<(), String> {
             *self.renewals.lock().unwrap() += 1;
-            if self.renew_ok { Ok(()) } else { Err("sts down".into()) }
+            if self.renew_ok {
+                Ok(())
+            } else {
+                Err("sts down".into())
+            }
         }
     }
 
@@ -131,8 +160,17 @@ mod tests {
 
     #[tokio::test]
     async fn token_expiry_renews_and_retries_with_new_correlation_ids() {
-        let s = Scripted::new(vec![Ok(StandardRetur::error(41, "expired")), Ok(StandardRetur::ok())], true);
-        assert!(matches!(run(&s).await, SendReport::Accepted { attempts: 2, .. }));
+        let s = Scripted::new(
+            vec![
+                Ok(StandardRetur::error(41, "expired")),
+                Ok(StandardRetur::ok()),
+            ],
+            true,
+        );
+        assert!(matches!(
+            run(&s).await,
+            SendReport::Accepted { attempts: 2, .. }
+        ));
         assert_eq!(*s.renewals.lock().unwrap(), 1);
         let ids = s.correlation_ids.lock().unwrap();
         assert_ne!(ids[0], ids[1]);
@@ -142,9 +180,27 @@ mod tests {
     async fn persistent_41_is_a_token_failure() {
         let s = Scripted::new(vec![Ok(StandardRetur::error(41, "x")); 3], true);
         let r = run(&s).await;
-        assert!(matches!(r, SendReport::Failed { reason: SendFailure::Token, status: Some(41), attempts: 3, .. }), "{r:?}");
+        assert!(
+            matches!(
+                r,
+                SendReport::Failed {
+                    reason: SendFailure::Token,
+                    status: Some(41),
+                    attempts: 3,
+                    ..
+                }
+            ),
+            "{r:?}"
+        );
         let s = Scripted::new(vec![Ok(StandardRetur::error(41, "x"))], false);
-        assert!(matches!(run(&s).await, SendReport::Failed { reason: SendFailure::Token, attempts: 1, .. }));
+        assert!(matches!(
+            run(&s).await,
+            SendReport::Failed {
+                reason: SendFailure::Token,
+                attempts: 1,
+                ..
+            }
+        ));
     }
 
     #[tokio::test]
@@ -164,17 +220,42 @@ mod tests {
 
     #[tokio::test]
     async fn timeouts_retry_then_fail() {
-        let s = Scripted::new(vec![Err(AttemptError::Timeout), Ok(StandardRetur::ok())], true);
-        assert!(matches!(run(&s).await, SendReport::Accepted { attempts: 2, .. }));
+        let s = Scripted::new(
+            vec![Err(AttemptError::Timeout), Ok(StandardRetur::ok())],
+            true,
+        );
+        assert!(matches!(
+            run(&s).await,
+            SendReport::Accepted { attempts: 2, .. }
+        ));
         let s = Scripted::new(vec![Err(AttemptError::Timeout); 3], true);
-        assert!(matches!(run(&s).await, SendReport::Failed { reason: SendFailure::Timeout, attempts: 3, .. }));
+        assert!(matches!(
+            run(&s).await,
+            SendReport::Failed {
+                reason: SendFailure::Timeout,
+                attempts: 3,
+                ..
+            }
+        ));
     }
 
     #[tokio::test]
     async fn unroutable_and_connection_do_not_retry() {
         let s = Scripted::new(vec![Err(AttemptError::Unroutable)], true);
-        assert!(matches!(run(&s).await, SendReport::Failed { reason: SendFailure::Unroutable, .. }));
+        assert!(matches!(
+            run(&s).await,
+            SendReport::Failed {
+                reason: SendFailure::Unroutable,
+                ..
+            }
+        ));
         let s = Scripted::new(vec![Err(AttemptError::Connection("down".into()))], true);
-        assert!(matches!(run(&s).await, SendReport::Failed { reason: SendFailure::Connection, .. }));
+        assert!(matches!(
+            run(&s).await,
+            SendReport::Failed {
+                reason: SendFailure::Connection,
+                ..
+            }
+        ));
     }
 }

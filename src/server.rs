@@ -25,7 +25,10 @@ use crate::supervisor::{Registry, Supervisor};
 pub enum ConfigSource {
     File(PathBuf),
     /// Built-in text (the demo), with a name for error messages.
-    Embedded { name: String, text: String },
+    Embedded {
+        name: String,
+        text: String,
+    },
 }
 
 impl ConfigSource {
@@ -75,7 +78,11 @@ impl Server {
 
 /// `:9632` means every interface, as Prometheus exporters spell it.
 pub fn normalize_listen(addr: &str) -> String {
-    if addr.starts_with(':') { format!("0.0.0.0{addr}") } else { addr.to_string() }
+    if addr.starts_with(':') {
+        format!("0.0.0.0{addr}")
+    } else {
+        addr.to_string()
+    }
 }
 
 async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
@@ -88,7 +95,11 @@ async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
 /// The address the simulator POSTs to: a wildcard listener is reached on loopback.
 fn reachable(addr: SocketAddr) -> String {
     let ip = if addr.ip().is_unspecified() {
-        if addr.is_ipv4() { "127.0.0.1".to_string() } else { "[::1]".to_string() }
+        if addr.is_ipv4() {
+            "127.0.0.1".to_string()
+        } else {
+            "[::1]".to_string()
+        }
     } else if addr.is_ipv6() {
         format!("[{}]", addr.ip())
     } else {
@@ -108,11 +119,21 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
         Some(l) => Some(bind(l).await?),
         None => None,
     };
-    let push_addr = push_listener.as_ref().map_or(Ok(addr), |l| l.local_addr())?;
+    let push_addr = push_listener
+        .as_ref()
+        .map_or(Ok(addr), |l| l.local_addr())?;
 
     let registry = Arc::new(Registry::default());
-    let mut supervisor = Supervisor::new(metrics.clone(), registry.clone(), reachable(push_addr), opts.shard);
-    supervisor.apply(config.clone()).await.map_err(|e| anyhow::anyhow!(e))?;
+    let mut supervisor = Supervisor::new(
+        metrics.clone(),
+        registry.clone(),
+        reachable(push_addr),
+        opts.shard,
+    );
+    supervisor
+        .apply(config.clone())
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     metrics.config_loaded(true);
 
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
@@ -126,13 +147,26 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
     };
     let shutdown = CancellationToken::new();
     let http_stop = CancellationToken::new();
-    let mut servers = vec![serve(main, http::router(state.clone(), push_listener.is_none()), http_stop.clone())];
+    let mut servers = vec![serve(
+        main,
+        http::router(state.clone(), push_listener.is_none()),
+        http_stop.clone(),
+    )];
     if let Some(l) = push_listener {
         servers.push(serve(l, http::push_router(state), http_stop.clone()));
     }
     tracing::info!(%addr, %push_addr, "listening");
 
-    let task = tokio::spawn(control(opts.source, supervisor, metrics.clone(), reload_rx, shutdown.clone(), ready, http_stop, servers));
+    let task = tokio::spawn(control(
+        opts.source,
+        supervisor,
+        metrics.clone(),
+        reload_rx,
+        shutdown.clone(),
+        ready,
+        http_stop,
+        servers,
+    ));
     Ok(Server {
         addr,
         push_addr,
@@ -202,7 +236,9 @@ fn hangups() -> mpsc::Receiver<()> {
     #[cfg(unix)]
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut s) = signal(SignalKind::hangup()) else { return };
+        let Ok(mut s) = signal(SignalKind::hangup()) else {
+            return;
+        };
         while s.recv().await.is_some() {
             if tx.send(()).await.is_err() {
                 return;

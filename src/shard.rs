@@ -13,9 +13,9 @@ pub struct Shard {
 
 /// FNV-1a, 64 bit: stable across versions and platforms (unlike std's hasher).
 fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3))
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+    })
 }
 
 impl Shard {
@@ -30,8 +30,14 @@ impl FromStr for Shard {
 
     fn from_str(s: &str) -> Result<Self, String> {
         let (i, n) = s.split_once('/').ok_or("expected i/n, e.g. 1/3")?;
-        let index: u32 = i.trim().parse().map_err(|_| format!("{i:?} is not a number"))?;
-        let count: u32 = n.trim().parse().map_err(|_| format!("{n:?} is not a number"))?;
+        let index: u32 = i
+            .trim()
+            .parse()
+            .map_err(|_| format!("{i:?} is not a number"))?;
+        let count: u32 = n
+            .trim()
+            .parse()
+            .map_err(|_| format!("{n:?} is not a number"))?;
         if count == 0 || index == 0 || index > count {
             return Err(format!("shard {index}/{count}: need 1 <= i <= n"));
         }
@@ -64,6 +70,10 @@ mod tests {
         assert_eq!(fnv1a(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a(b"foobar"), 0x8594_4171_f739_67e8);
-        assert!("0/3".parse::<Shard>().is_err() && "4/3".parse::<Shard>().is_err() && "x".parse::<Shard>().is_err());
+        assert!(
+            "0/3".parse::<Shard>().is_err()
+                && "4/3".parse::<Shard>().is_err()
+                && "x".parse::<Shard>().is_err()
+        );
     }
 }

@@ -93,16 +93,21 @@ impl Observer for DueslagStatus {
     fn observe(&self, outcome: Outcome) {
         let mut b = self.board.lock().unwrap();
         let now = SystemTime::now();
-        let entry = |besked_id, result: &str, reason: Option<String>, status_kode, roundtrip| Entry {
-            at: now,
-            besked_id,
-            result: result.to_string(),
-            reason,
-            status_kode,
-            roundtrip,
-        };
+        let entry =
+            |besked_id, result: &str, reason: Option<String>, status_kode, roundtrip| Entry {
+                at: now,
+                besked_id,
+                result: result.to_string(),
+                reason,
+                status_kode,
+                roundtrip,
+            };
         match outcome {
-            Outcome::Finished { besked_id, result, at } => {
+            Outcome::Finished {
+                besked_id,
+                result,
+                at,
+            } => {
                 let rt = match result {
                     ProbeResult::Success { roundtrip } => {
                         b.last_success = Some(at);
@@ -115,7 +120,10 @@ impl Observer for DueslagStatus {
                     ProbeResult::SendError(r) => Some(r.as_str().to_string()),
                     _ => None,
                 };
-                push(&mut b, entry(Some(besked_id), result.label(), reason, None, rt));
+                push(
+                    &mut b,
+                    entry(Some(besked_id), result.label(), reason, None, rt),
+                );
             }
             Outcome::SendFailed {
                 besked_id,
@@ -124,12 +132,24 @@ impl Observer for DueslagStatus {
                 detail,
             } => push(
                 &mut b,
-                entry(Some(besked_id), "send_failure", Some(format!("{}: {detail}", reason.as_str())), status, None),
+                entry(
+                    Some(besked_id),
+                    "send_failure",
+                    Some(format!("{}: {detail}", reason.as_str())),
+                    status,
+                    None,
+                ),
             ),
-            Outcome::Received { kind, besked_id, detail } if kind != ReceivedKind::Matched => {
+            Outcome::Received {
+                kind,
+                besked_id,
+                detail,
+            } if kind != ReceivedKind::Matched => {
                 push(&mut b, entry(besked_id, kind.as_str(), detail, None, None));
             }
-            Outcome::Lost { besked_id } => push(&mut b, entry(Some(besked_id), "lost", None, None, None)),
+            Outcome::Lost { besked_id } => {
+                push(&mut b, entry(Some(besked_id), "lost", None, None, None))
+            }
             Outcome::Inflight(n) => b.inflight = n,
             Outcome::Held { count, paused } => {
                 b.held = count;
@@ -142,13 +162,18 @@ impl Observer for DueslagStatus {
 
 fn ago(t: Option<SystemTime>) -> String {
     match t.and_then(|t| SystemTime::now().duration_since(t).ok()) {
-        Some(d) => format!("{} ago", humantime::format_duration(Duration::from_secs(d.as_secs()))),
+        Some(d) => format!(
+            "{} ago",
+            humantime::format_duration(Duration::from_secs(d.as_secs()))
+        ),
         None => "never".to_string(),
     }
 }
 
 fn millis(d: Option<Duration>) -> String {
-    d.map_or("–".to_string(), |d| format!("{:.1} ms", d.as_secs_f64() * 1000.0))
+    d.map_or("–".to_string(), |d| {
+        format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+    })
 }
 
 const STYLE: &str = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
@@ -176,7 +201,11 @@ pub fn render_index(dueslag: &[Snapshot], version: &str) -> String {
                 s
             })
             .collect();
-        let class = if d.history.first().is_some_and(|e| e.result == "success") { "ok" } else { "bad" };
+        let class = if d.history.first().is_some_and(|e| e.result == "success") {
+            "ok"
+        } else {
+            "bad"
+        };
         let _ = write!(
             h,
             "<tr><td><a href=\"/dueslag/{n}\">{n}</a></td><td>{}</td><td class=\"{class}\">{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td></tr>",
@@ -186,7 +215,11 @@ pub fn render_index(dueslag: &[Snapshot], version: &str) -> String {
             d.inflight,
             d.held,
             if d.paused { " (consumer paused)" } else { "" },
-            if failures.is_empty() { "none".to_string() } else { failures.join("<br>") },
+            if failures.is_empty() {
+                "none".to_string()
+            } else {
+                failures.join("<br>")
+            },
             n = escape(&d.name),
         );
     }
@@ -237,7 +270,10 @@ mod tests {
         }
         let snap = s.snapshot();
         assert_eq!(snap.history.len(), HISTORY);
-        assert_eq!(snap.history[0].besked_id, Some(Uuid::from_u128((HISTORY + 9) as u128)));
+        assert_eq!(
+            snap.history[0].besked_id,
+            Some(Uuid::from_u128((HISTORY + 9) as u128))
+        );
         let page = render_history(&snap);
         assert!(page.contains("d&lt;x&gt;") && page.contains("<td>44</td>"));
         assert!(render_index(&[snap], "0").contains("never"));

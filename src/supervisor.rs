@@ -62,7 +62,12 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// `push_base` is where the simulator POSTs push deliveries (`http://host:port`).
-    pub fn new(metrics: Metrics, registry: Arc<Registry>, push_base: String, shard: Option<Shard>) -> Self {
+    pub fn new(
+        metrics: Metrics,
+        registry: Arc<Registry>,
+        push_base: String,
+        shard: Option<Shard>,
+    ) -> Self {
         Supervisor {
             metrics,
             registry,
@@ -90,7 +95,10 @@ impl Supervisor {
 
     /// Applies a configuration: the first one, or a reload.
     pub async fn apply(&mut self, config: Config) -> Result<(), String> {
-        let global_changed = self.config.as_ref().is_none_or(|c| c.global_part() != config.global_part());
+        let global_changed = self
+            .config
+            .as_ref()
+            .is_none_or(|c| c.global_part() != config.global_part());
         if global_changed {
             let built = backend::build(&config, &self.metrics).await?;
             let names: Vec<String> = self.loops.keys().cloned().collect();
@@ -105,7 +113,8 @@ impl Supervisor {
         let specs = self.specs(&config);
         let built = self.built.as_ref().expect("built above");
         built.set_dueslag(&specs, &self.push_base);
-        let wanted: BTreeMap<&str, &DueslagSpec> = specs.iter().map(|s| (s.name.as_str(), s)).collect();
+        let wanted: BTreeMap<&str, &DueslagSpec> =
+            specs.iter().map(|s| (s.name.as_str(), s)).collect();
         let names: Vec<String> = self.loops.keys().cloned().collect();
         for name in names {
             match wanted.get(name.as_str()) {
@@ -130,7 +139,10 @@ impl Supervisor {
     }
 
     fn start(&mut self, spec: DueslagSpec, ctx: Arc<ProbeContext>) {
-        let built = self.built.as_ref().expect("a backend is built before loops start");
+        let built = self
+            .built
+            .as_ref()
+            .expect("a backend is built before loops start");
         let status = Arc::new(DueslagStatus::new(&spec.name, spec.mode.as_str()));
         let observer: Arc<dyn Observer> = Arc::new(Fanout(vec![
             Arc::new(self.metrics.dueslag(&spec.name, spec.mode)),
@@ -139,7 +151,11 @@ impl Supervisor {
         let probe = DueslagProbe::new(spec.clone(), ctx, observer);
         let stop_sending = CancellationToken::new();
         let stop_receiving = CancellationToken::new();
-        let sender = tokio::spawn(probe::run(probe.clone(), built.backend.afsender.clone(), stop_sending.clone()));
+        let sender = tokio::spawn(probe::run(
+            probe.clone(),
+            built.backend.afsender.clone(),
+            stop_sending.clone(),
+        ));
         let receiver = (spec.mode == Mode::Pull).then(|| {
             tokio::spawn(receiver::run_pull(
                 probe.clone(),

@@ -84,7 +84,9 @@ mod tests {
 
     fn count(f: &Faults, n: usize, pred: impl Fn(&Fate) -> bool) -> usize {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-        (0..n).filter(|_| pred(&decide(f, Duration::ZERO, &mut rng))).count()
+        (0..n)
+            .filter(|_| pred(&decide(f, Duration::ZERO, &mut rng)))
+            .count()
     }
 
     #[test]
@@ -93,7 +95,11 @@ mod tests {
             loss: 0.25,
             ..Faults::default()
         };
-        let lost = count(&f, 4000, |x| matches!(x, Fate::Accept(p) if p.copies.is_empty()));
+        let lost = count(
+            &f,
+            4000,
+            |x| matches!(x, Fate::Accept(p) if p.copies.is_empty()),
+        );
         assert!((900..1100).contains(&lost), "{lost}");
         let f = Faults {
             reject: 1.0,
@@ -101,7 +107,14 @@ mod tests {
             ..Faults::default()
         };
         assert_eq!(count(&f, 10, |x| *x == Fate::Reject(44)), 10);
-        assert_eq!(count(&Faults::default(), 100, |x| matches!(x, Fate::Accept(p) if p.copies.len() == 1)), 100);
+        assert_eq!(
+            count(
+                &Faults::default(),
+                100,
+                |x| matches!(x, Fate::Accept(p) if p.copies.len() == 1)
+            ),
+            100
+        );
     }
 
     #[test]
@@ -114,9 +127,15 @@ mod tests {
         };
         let mut rng = rand::rngs::StdRng::seed_from_u64(1);
         for _ in 0..100 {
-            let Fate::Accept(p) = decide(&f, Duration::ZERO, &mut rng) else { panic!() };
+            let Fate::Accept(p) = decide(&f, Duration::ZERO, &mut rng) else {
+                panic!()
+            };
             assert_eq!(p.copies.len(), 2);
-            assert!(p.copies.iter().all(|d| *d >= Duration::from_millis(40) && *d <= Duration::from_millis(50)));
+            assert!(
+                p.copies
+                    .iter()
+                    .all(|d| *d >= Duration::from_millis(40) && *d <= Duration::from_millis(50))
+            );
         }
     }
 

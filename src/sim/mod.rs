@@ -109,7 +109,8 @@ impl Simulator {
                 },
             };
             if slot.business.is_none() && !faults.business_every.is_zero() {
-                slot.business = Some(self.spawn_business(target.name.clone(), faults.business_every));
+                slot.business =
+                    Some(self.spawn_business(target.name.clone(), faults.business_every));
             }
             slots.insert(target.name.clone(), slot);
         }
@@ -131,7 +132,12 @@ impl Simulator {
                     _ = tick.tick() => {}
                 }
                 let Some(sim) = me.upgrade() else { return };
-                let target = sim.slots.lock().unwrap().get(&name).map(|s| s.target.clone());
+                let target = sim
+                    .slots
+                    .lock()
+                    .unwrap()
+                    .get(&name)
+                    .map(|s| s.target.clone());
                 if let Some(t) = target {
                     let body = build_business_message(Uuid::new_v4(), Uuid::new_v4());
                     sim.sink.deliver(&t, Bytes::from(body));
@@ -145,7 +151,10 @@ impl Simulator {
         let msg = match parse_haendelsesbesked(body) {
             Ok(m) => m,
             Err(e) => {
-                return AfsendAnswer::Reply(StandardRetur::error(status::INVALID_INPUT, format!("invalid Haendelsesbesked: {e}")));
+                return AfsendAnswer::Reply(StandardRetur::error(
+                    status::INVALID_INPUT,
+                    format!("invalid Haendelsesbesked: {e}"),
+                ));
             }
         };
         let Some(name) = msg.probe.as_ref().map(|p| p.dueslag.clone()) else {
@@ -157,14 +166,21 @@ impl Simulator {
             let Some(slot) = slots.get(&name) else {
                 return AfsendAnswer::Reply(StandardRetur::ok());
             };
-            let fate = faults::decide(&slot.faults, self.started.elapsed(), &mut *self.rng.lock().unwrap());
+            let fate = faults::decide(
+                &slot.faults,
+                self.started.elapsed(),
+                &mut *self.rng.lock().unwrap(),
+            );
             (slot.target.clone(), fate)
         };
         match fate {
             Fate::Outage => AfsendAnswer::Outage,
             Fate::Unroutable => AfsendAnswer::Unroutable,
             Fate::NoReply => AfsendAnswer::NoReply,
-            Fate::Reject(code) => AfsendAnswer::Reply(StandardRetur::error(code, "rejected by the simulator's fault injection")),
+            Fate::Reject(code) => AfsendAnswer::Reply(StandardRetur::error(
+                code,
+                "rejected by the simulator's fault injection",
+            )),
             Fate::Accept(plan) => {
                 let body = Bytes::copy_from_slice(body);
                 if plan.reorder {
@@ -254,7 +270,7 @@ impl LocalSink {
             .lock()
             .unwrap()
             .entry(name.to_string())
-            .or_insert_with(SimQueue::new)
+            .or_default()
             .clone()
     }
 }
@@ -269,7 +285,13 @@ impl Sink for LocalSink {
             }
             Mode::Push => {
                 if let Some(url) = target.push_url.clone() {
-                    tokio::spawn(push::deliver(self.http.clone(), url, body, self.redelivery, self.stop.clone()));
+                    tokio::spawn(push::deliver(
+                        self.http.clone(),
+                        url,
+                        body,
+                        self.redelivery,
+                        self.stop.clone(),
+                    ));
                 }
             }
         }
@@ -286,7 +308,8 @@ pub fn targets(specs: &[DueslagSpec], push_base: &str) -> Vec<(Target, Faults)> 
                     name: s.name.clone(),
                     mode: s.mode,
                     queue: s.queue.clone(),
-                    push_url: (s.mode == Mode::Push).then(|| format!("{}/push/{}", push_base.trim_end_matches('/'), s.name)),
+                    push_url: (s.mode == Mode::Push)
+                        .then(|| format!("{}/push/{}", push_base.trim_end_matches('/'), s.name)),
                 },
                 s.faults.clone(),
             )

@@ -33,7 +33,11 @@ impl Default for Redelivery {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PushAnswer {
     Taken,
-    Refused { http: u16, status_kode: Option<i32>, text: String },
+    Refused {
+        http: u16,
+        status_kode: Option<i32>,
+        text: String,
+    },
     Failed(String),
 }
 
@@ -83,7 +87,12 @@ pub async fn deliver(
         if answer == PushAnswer::Taken {
             return answer;
         }
-        tracing::debug!(url, attempt, ?answer, "push not taken; the message will be delivered again");
+        tracing::debug!(
+            url,
+            attempt,
+            ?answer,
+            "push not taken; the message will be delivered again"
+        );
         if attempt == schedule.attempts {
             break;
         }

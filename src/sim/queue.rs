@@ -160,7 +160,11 @@ mod tests {
         let a = c.next().await;
         let b = c.next().await;
         // Prefetch 2 reached: nothing more until one is settled.
-        assert!(tokio::time::timeout(std::time::Duration::from_millis(20), c.next()).await.is_err());
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(20), c.next())
+                .await
+                .is_err()
+        );
         assert!(b.ack());
         let third = c.next().await;
         assert_eq!(third.body, "c");

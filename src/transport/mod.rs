@@ -48,7 +48,12 @@ pub enum AttemptError {
 #[async_trait]
 pub trait Afsender: Send + Sync {
     /// Publishes one attempt and waits up to `timeout` for its StandardRetur.
-    async fn publish(&self, msg: &Outgoing, correlation_id: Uuid, timeout: Duration) -> Result<StandardRetur, AttemptError>;
+    async fn publish(
+        &self,
+        msg: &Outgoing,
+        correlation_id: Uuid,
+        timeout: Duration,
+    ) -> Result<StandardRetur, AttemptError>;
 
     /// Gets a new token and reconnects (after StatusKode 41).
     async fn renew_token(&self) -> Result<(), String>;

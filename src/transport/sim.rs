@@ -6,7 +6,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{AttemptError, Afhenter, Afsender, Delivery, DeliveryHandle, Outgoing, PullConsumer};
+use super::{Afhenter, Afsender, AttemptError, Delivery, DeliveryHandle, Outgoing, PullConsumer};
 use crate::message::StandardRetur;
 use crate::sim::queue::{SimConsumer, SimDelivery};
 use crate::sim::{AfsendAnswer, LocalSink, Simulator};
@@ -18,7 +18,12 @@ pub struct SimAfsender {
 
 #[async_trait]
 impl Afsender for SimAfsender {
-    async fn publish(&self, msg: &Outgoing, _correlation_id: Uuid, timeout: Duration) -> Result<StandardRetur, AttemptError> {
+    async fn publish(
+        &self,
+        msg: &Outgoing,
+        _correlation_id: Uuid,
+        timeout: Duration,
+    ) -> Result<StandardRetur, AttemptError> {
         match self.sim.afsend(&msg.body) {
             AfsendAnswer::Reply(r) => Ok(r),
             AfsendAnswer::Outage => Err(AttemptError::Connection("simulated outage".into())),
@@ -89,7 +94,10 @@ struct SimHandle(SimDelivery);
 #[async_trait]
 impl DeliveryHandle for SimHandle {
     async fn ack(self: Box<Self>) -> Result<(), String> {
-        self.0.ack().then_some(()).ok_or_else(|| "delivery tag unknown".into())
+        self.0
+            .ack()
+            .then_some(())
+            .ok_or_else(|| "delivery tag unknown".into())
     }
 
     async fn reject_to_error_queue(self: Box<Self>) -> Result<(), String> {

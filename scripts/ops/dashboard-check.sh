@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Dashboard check: every query of dashboards/bfo-alive.json parses, and returns data from a
+# real Prometheus that scrapes the exporter's demo (embedded simulator, no broker).
+#
+# Usage: scripts/ops/dashboard-check.sh [EXPORTER_BINARY]
+#   default binary: $BFO_ALIVE_EXPORTER, else target/debug/bfo-alive-exporter
+# Needs: prometheus, promtool, python3, curl. OPS_KEEP_LOGS=1 keeps the logs on failure.
+set -euo pipefail
+# shellcheck source=scripts/ops/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ops_init dashboard-check
+[ $# -ge 1 ] && export BFO_ALIVE_EXPORTER="$1"
+ops_require prometheus promtool python3 curl
+
+dashboard="$REPO_ROOT/dashboards/bfo-alive.json"
+
+# Static checks and parsing first: they need no running service.
+python3 "$OPS_DIR/dashboard_check.py" "$dashboard"
+
+ops_start_exporter "$OPS_TMP/exporter.log" demo || exit 1
+
+cat >"$OPS_TMP/prometheus.yml" <<EOF
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+scrape_configs:
+  - job_name: bfo-alive
+    static_configs:
+      - targets: ["$EXPORTER_ADDR"]
+EOF
+ops_start_prometheus "$OPS_TMP/prom" "$OPS_TMP/prometheus.yml" || exit 1
+
+# Enough samples for the 15s rate windows, and a first successful probe so that the
+# quantile panels have something to show (waits are bounded, not timed).
+python3 "$OPS_DIR/promwait.py" "$PROM_URL" 'count_over_time(up{job="bfo-alive"}[1m]) >= 16' 90 "16 scrapes of the demo"
+python3 "$OPS_DIR/promwait.py" "$PROM_URL" 'sum(bfo_alive_probes_total{job="bfo-alive",result="success"}) > 0' 90 "a successful probe" ||
+  ops_log "warning: no successful probe yet; quantile queries may be NaN"
+
+if ! python3 "$OPS_DIR/dashboard_check.py" "$dashboard" --prometheus "$PROM_URL"; then
+  ops_log "exporter log (tail):"
+  tail -n 20 "$OPS_TMP/exporter.log" >&2
+  exit 1
+fi

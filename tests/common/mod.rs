@@ -1,0 +1,122 @@
+//! Helpers shared by the integration tests: start the real server on 127.0.0.1:0 with a
+//! configuration file, scrape it over HTTP, and wait for conditions.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bfo_alive_exporter::server::{self, ConfigSource, Options, Server};
+
+pub const IDENTITY: &str = r#"
+[exporter]
+instance = "test"
+
+[identity]
+anvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"
+cvr = "29189846"
+"#;
+
+/// A config file in a temporary directory that lives as long as the value.
+pub struct ConfigFile {
+    pub dir: tempfile::TempDir,
+    pub path: PathBuf,
+}
+
+impl ConfigFile {
+    pub fn new(text: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.toml");
+        std::fs::write(&path, text).unwrap();
+        ConfigFile { dir, path }
+    }
+
+    pub fn write(&self, text: &str) {
+        std::fs::write(&self.path, text).unwrap();
+    }
+}
+
+/// Starts the exporter on loopback with this configuration text.
+pub async fn start(text: &str) -> (Server, ConfigFile) {
+    let file = ConfigFile::new(text);
+    let server = server::start(Options {
+        source: ConfigSource::File(file.path.clone()),
+        listen: "127.0.0.1:0".into(),
+        shard: None,
+    })
+    .await
+    .expect("server starts");
+    (server, file)
+}
+
+pub fn base(s: &Server) -> String {
+    format!("http://{}", s.addr)
+}
+
+pub async fn scrape(s: &Server) -> String {
+    reqwest::get(format!("{}/metrics", base(s)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// The value of one series, written exactly as exposed (labels in exposition order).
+pub fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Polls until `check` returns Some, or panics after `limit` with the last scrape.
+pub async fn wait_for<T, F, Fut>(limit: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = std::time::Instant::now();
+    loop {
+        match check().await {
+            Ok(v) => return v,
+            Err(why) if start.elapsed() > limit => {
+                panic!("condition not met within {limit:?}: {why}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+/// Waits until a series reaches at least `min`.
+pub async fn wait_metric(s: &Server, series: &str, min: f64) -> String {
+    let limit = Duration::from_secs(20);
+    wait_for(limit, || async {
+        let text = scrape(s).await;
+        match value(&text, series) {
+            Some(v) if v >= min => Ok(text),
+            other => Err(format!("{series} = {other:?}")),
+        }
+    })
+    .await
+}
+
+/// Fails in CI (env CI set) and skips loudly elsewhere when a tool is missing.
+pub fn require_tool(name: &str) -> bool {
+    let found = std::process::Command::new("sh")
+        .args(["-c", &format!("command -v {name}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        if std::env::var_os("CI").is_some() {
+            panic!("{name} is required in CI but was not found on PATH");
+        }
+        eprintln!(
+            "\n!!!!!!!! SKIPPED: {name} not found on PATH; install it (see README) !!!!!!!!\n"
+        );
+    }
+    found
+}

@@ -1,0 +1,80 @@
+//! Configuration: every invalid fixture fails with its exact error naming the file and
+//! the key; every example parses; `--config.check` exits 0 or 2; no secret is printed.
+
+use std::path::Path;
+use std::process::Command;
+
+use bfo_alive_exporter::config::Config;
+
+#[test]
+fn invalid_fixtures_fail_with_their_error() {
+    let mut seen = 0;
+    for entry in std::fs::read_dir("tests/testdata").unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().to_string();
+        if !name.starts_with("invalid-") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        let want = text
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("# error: "))
+            .unwrap_or_else(|| panic!("{name}: first line must be `# error: ...`"));
+        let err = Config::load(&path).expect_err(&name).to_string();
+        assert!(
+            err.starts_with(&path.display().to_string()),
+            "{name}: error does not name the file: {err}"
+        );
+        assert!(err.contains(want), "{name}:\n  want: {want}\n  got:  {err}");
+        assert!(!err.contains("hunter2"), "{name}: a secret leaked: {err}");
+        seen += 1;
+    }
+    assert!(seen >= 15, "only {seen} fixtures");
+}
+
+#[test]
+fn examples_parse() {
+    for f in [
+        "examples/minimal.toml",
+        "examples/full.toml",
+        "examples/sim-faults.toml",
+        "examples/demo.toml",
+    ] {
+        Config::load(Path::new(f)).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+fn exporter() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_bfo-alive-exporter"))
+}
+
+#[test]
+fn config_check_exit_codes() {
+    let ok = exporter()
+        .args(["--config.check", "--config.file", "examples/minimal.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        ok.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let bad = exporter()
+        .args([
+            "--config.check",
+            "--config.file",
+            "tests/testdata/invalid-password-masked.toml",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        stderr.contains("broker.url") && !stderr.contains("hunter2"),
+        "{stderr}"
+    );
+    let none = exporter().output().unwrap();
+    assert_eq!(none.status.code(), Some(2));
+}
