@@ -1,14 +1,21 @@
 //! Builds the transports a configuration asks for: the in-process simulator, or the AMQP
-//! connections to a Beskedfordeler (or any RabbitMQ).
+//! connections to a Beskedfordeler (or any RabbitMQ), with their token source and TLS.
 
 use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{BackendKind, Config, DueslagSpec};
+use std::time::Duration;
+
+use crate::config::{AuthKind, BackendKind, BrokerTls, Config, DueslagSpec, TokenSourceKind};
 use crate::metrics::{Metrics, Role};
 use crate::sim::{self, LocalSink, Simulator};
+use crate::tls;
+use crate::token::{
+    Service, StsClient, StsConfig, TokenCallbacks, TokenManager, TokenManagerConfig, TokenSource,
+};
 use crate::transport::Backend;
+use crate::transport::amqp::{AmqpAfhenter, AmqpAfsender, Link, Settings};
 use crate::transport::sim::{SimAfhenter, SimAfsender};
 
 /// A backend and what reload needs to reconfigure it.
@@ -53,6 +60,106 @@ pub async fn build(config: &Config, metrics: &Metrics) -> Result<Built, String> 
                 sim: Some((simulator, sink)),
             })
         }
-        BackendKind::Amqp => Err("the amqp backend is not available in this build".to_string()),
+        BackendKind::Amqp => build_amqp(config, metrics, stop),
     }
+}
+
+fn role(service: Service) -> Role {
+    match service {
+        Service::Afsend => Role::Afsend,
+        Service::Afhent => Role::Afhent,
+    }
+}
+
+/// The token manager of `config`, or `None` without a token source.
+fn tokens(
+    config: &Config,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Result<Option<Arc<TokenManager>>, String> {
+    let Some(t) = &config.token else {
+        return Ok(None);
+    };
+    let source = match t.source {
+        TokenSourceKind::None => return Ok(None),
+        TokenSourceKind::File => TokenSource::File(t.file.clone().expect("validated")),
+        TokenSourceKind::Sts => {
+            let mut files = config
+                .broker
+                .as_ref()
+                .and_then(|b| b.tls.as_ref())
+                .map(BrokerTls::files)
+                .unwrap_or_default();
+            files.ca_file = t.sts_ca_file.clone();
+            let client = StsClient::new(StsConfig {
+                url: t.sts_url.clone().expect("validated"),
+                cvr: config.identity.cvr.clone(),
+                afsend_entity_id: t.afsend_entity_id.clone().expect("validated"),
+                afhent_entity_id: t.afhent_entity_id.clone().expect("validated"),
+                tls: files,
+                timeout: Duration::from_secs(30),
+            })
+            .map_err(|e| format!("token: {e}"))?;
+            TokenSource::Sts(Arc::new(client))
+        }
+    };
+    let (m1, m2) = (metrics.clone(), metrics.clone());
+    let callbacks = TokenCallbacks {
+        on_expiry: Arc::new(move |s, at| m1.set_token_expiry(role(s), at)),
+        on_failure: Arc::new(move |s, e| {
+            tracing::warn!(service = s.as_str(), error = %e, "token renewal failed");
+            m2.token_renewal_failed(role(s));
+        }),
+    };
+    let cfg = TokenManagerConfig {
+        renew_fraction: t.renew_at,
+        ..TokenManagerConfig::default()
+    };
+    Ok(Some(Arc::new(TokenManager::start(
+        source,
+        cfg,
+        callbacks,
+        stop.clone(),
+    ))))
+}
+
+fn build_amqp(
+    config: &Config,
+    metrics: &Metrics,
+    stop: CancellationToken,
+) -> Result<Built, String> {
+    let broker = config.broker.as_ref().expect("amqp has a [broker]");
+    let url = broker.url.as_ref().expect("validated").0.clone();
+    let tls = if url.starts_with("amqps:") {
+        let files = broker
+            .tls
+            .as_ref()
+            .map(BrokerTls::files)
+            .unwrap_or_default();
+        Some(Arc::new(
+            tls::client_config(&files).map_err(|e| format!("broker.tls: {e}"))?,
+        ))
+    } else {
+        None
+    };
+    let settings = Settings {
+        url,
+        tls,
+        tokens: tokens(config, metrics, &stop)?,
+        external: broker.auth == AuthKind::External,
+        prefetch: broker.prefetch,
+        metrics: metrics.clone(),
+    };
+    let afsend = Link::new(Role::Afsend, settings.clone());
+    let afhent = Link::new(Role::Afhent, settings);
+    tokio::spawn(afsend.clone().watch(stop.clone()));
+    tokio::spawn(afhent.clone().watch(stop.clone()));
+    Ok(Built {
+        backend: Backend {
+            afsender: Arc::new(AmqpAfsender::new(afsend)),
+            afhenter: Arc::new(AmqpAfhenter::new(afhent)),
+            stop,
+        },
+        sim: None,
+    })
 }

@@ -55,6 +55,12 @@ pub enum LogFormat {
 pub enum Command {
     /// Run the exporter on the embedded Beskedfordeler simulator with example dueslag.
     Demo,
+    /// Play the Beskedfordeler on a RabbitMQ broker, for offline tests of any system.
+    Emulate {
+        /// Emulator configuration (TOML; see examples/emulator.toml).
+        #[arg(long = "config", value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
@@ -102,13 +108,16 @@ pub fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> ExitCode {
+    if let Some(Command::Emulate { config }) = &cli.command {
+        return emulate(config).await;
+    }
     let source = match (&cli.command, &cli.config_file) {
         (Some(Command::Demo), _) => ConfigSource::Embedded {
             name: "<embedded demo config>".into(),
             text: DEMO_CONFIG.into(),
         },
-        (None, Some(f)) => ConfigSource::File(f.clone()),
-        (None, None) => {
+        (_, Some(f)) => ConfigSource::File(f.clone()),
+        (_, None) => {
             eprintln!("--config.file is required (or run `bfo-alive-exporter demo`)");
             return ExitCode::from(2);
         }
@@ -160,6 +169,29 @@ async fn run(cli: Cli) -> ExitCode {
     });
     server.wait().await;
     ExitCode::SUCCESS
+}
+
+async fn emulate(path: &std::path::Path) -> ExitCode {
+    let cfg = match crate::emulator::EmulatorConfig::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let stop = tokio_util::sync::CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        terminated().await;
+        s.cancel();
+    });
+    match crate::emulator::run(cfg, stop, None).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn display_addr(a: std::net::SocketAddr) -> String {

@@ -166,6 +166,9 @@ pub struct TokenConfig {
     pub afsend_entity_id: Option<String>,
     pub afhent_entity_id: Option<String>,
     pub file: Option<PathBuf>,
+    /// CA for the STS's server certificate; default: the system roots. The client
+    /// certificate is the one of `[broker.tls]`.
+    pub sts_ca_file: Option<PathBuf>,
     /// Renew when this share of the token's lifetime has passed.
     #[serde(default = "default_renew_at")]
     pub renew_at: f64,
@@ -391,6 +394,19 @@ pub struct DueslagSpec {
     pub max_held: usize,
     pub unexpected: Unexpected,
     pub faults: Faults,
+}
+
+impl BrokerTls {
+    /// The files as the TLS module takes them.
+    pub fn files(&self) -> crate::tls::ClientTlsFiles {
+        crate::tls::ClientTlsFiles {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            pkcs12_file: self.pkcs12_file.clone(),
+            pkcs12_password_file: self.pkcs12_password_file.clone(),
+        }
+    }
 }
 
 impl Config {

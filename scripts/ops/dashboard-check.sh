@@ -11,6 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ops_init dashboard-check
 [ $# -ge 1 ] && export BFO_ALIVE_EXPORTER="$1"
 ops_require prometheus promtool python3 curl
+ops_exporter_bin >/dev/null || exit 1
 
 dashboard="$REPO_ROOT/dashboards/bfo-alive.json"
 

@@ -19,6 +19,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 ops_init e2e
 [ $# -ge 1 ] && export BFO_ALIVE_EXPORTER="$1"
 ops_require prometheus promtool prometheus-alertmanager amtool python3 curl
+ops_exporter_bin >/dev/null || exit 1
 
 config="$REPO_ROOT/tests/ops/e2e.toml"
 failing="lossy-pull"

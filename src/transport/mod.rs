@@ -8,6 +8,7 @@
 //! protocol of DESIGN §2, also usable against any RabbitMQ). Push needs no trait: the
 //! Beskedfordeler POSTs to the HTTP endpoint.
 
+pub mod amqp;
 pub mod sim;
 
 use std::sync::Arc;

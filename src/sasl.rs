@@ -1,0 +1,421 @@
+//! AMQP connection set-up for the BFO: SASL EXTERNAL with the SAML token as response
+//! ([`TokenExternalAuth`]), or PLAIN from the URI, over plain TCP or over TLS with our own
+//! rustls config ([`connect`]).
+//!
+//! lapin's built-in EXTERNAL sends an empty response; the BFO wants the decoded SAML
+//! assertion, byte for byte. lapin asks for it synchronously (`auth_starter`) when the
+//! broker's `connection.start` arrives, so the provider reads the current token from a
+//! [`TokenSlot`] that the [`crate::token::TokenManager`] keeps fresh. A reconnect after a
+//! renewal therefore sends the new token.
+//!
+//! Logging: lapin prints incoming frames, and outgoing ones it discards, at TRACE. Keep
+//! the `lapin` target at DEBUG or lower in production so no token reaches a log.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::auth::AuthProvider;
+use lapin::tcp::{AsyncTcpStream, RustlsConnector};
+use lapin::types::{LongString, ShortString};
+use lapin::uri::{AMQPScheme, AMQPUri};
+use lapin::{Connection, ConnectionProperties};
+
+use crate::token::TokenSlot;
+
+/// The SASL mechanism name the BFO expects.
+pub const EXTERNAL: &str = "EXTERNAL";
+
+const NO_TOKEN: &str = "no token yet for SASL EXTERNAL (token source not ready)";
+
+/// TCP connect + TLS handshake limit when the URI has no `connection_timeout` (ms).
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// SASL EXTERNAL whose response is the current token's XML, exactly.
+#[derive(Clone, Debug)]
+pub struct TokenExternalAuth {
+    slot: TokenSlot,
+}
+
+impl TokenExternalAuth {
+    pub fn new(slot: TokenSlot) -> Self {
+        TokenExternalAuth { slot }
+    }
+}
+
+impl AuthProvider for TokenExternalAuth {
+    fn mechanism(&self) -> ShortString {
+        EXTERNAL.into()
+    }
+
+    fn auth_starter(&self) -> Result<LongString, String> {
+        match self.slot.get() {
+            Some(token) => Ok(LongString::from(token.xml.expose().as_bytes())),
+            None => Err(NO_TOKEN.into()),
+        }
+    }
+
+    fn continue_auth(&self, _challenge: LongString) -> Result<LongString, String> {
+        // The challenge is not echoed: it could carry anything.
+        Err("the broker sent a SASL challenge; EXTERNAL with a token expects none".into())
+    }
+
+    // `valid_for` stays `None`: lapin would otherwise try `connection.update-secret`, which
+    // the BFO does not offer. A renewed token is used at the next connect.
+}
+
+/// How to authenticate the AMQP connection.
+#[derive(Clone, Debug)]
+pub enum AuthChoice {
+    /// PLAIN with the user and password in the URI (local RabbitMQ, the emulator).
+    Plain,
+    /// SASL EXTERNAL with the token in the slot (the BFO).
+    External(TokenSlot),
+}
+
+fn other(msg: String) -> lapin::Error {
+    std::io::Error::other(msg).into()
+}
+
+/// Connects to `uri` (`amqp://` or `amqps://`). For `amqps://`, `tls` is the rustls config
+/// from [`crate::tls::client_config`]; `None` means the system roots and no client
+/// certificate. A `tls` config with a plain `amqp://` URI is refused (it would silently
+/// not be used).
+pub async fn connect(
+    uri: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    auth: AuthChoice,
+) -> lapin::Result<Connection> {
+    connect_with_properties(uri, tls, auth, ConnectionProperties::default()).await
+}
+
+/// [`connect`] with lapin properties of the caller's (connection name, auto-recover...).
+/// The auth provider in `properties` is replaced according to `auth`.
+pub async fn connect_with_properties(
+    uri: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    auth: AuthChoice,
+    properties: ConnectionProperties,
+) -> lapin::Result<Connection> {
+    let uri: AMQPUri = uri
+        .parse()
+        .map_err(|e: String| other(format!("invalid AMQP URI: {e}")))?;
+    let connector = match (&uri.scheme, tls) {
+        (AMQPScheme::AMQP, None) => None,
+        (AMQPScheme::AMQP, Some(_)) => {
+            return Err(other(
+                "TLS settings given for an amqp:// URL; use amqps:// or drop the TLS settings"
+                    .into(),
+            ));
+        }
+        (AMQPScheme::AMQPS, Some(config)) => Some(RustlsConnector::from(config)),
+        (AMQPScheme::AMQPS, None) => {
+            let config = crate::tls::client_config(&crate::tls::ClientTlsFiles::default())
+                .map_err(|e| other(e.to_string()))?;
+            Some(RustlsConnector::from(Arc::new(config)))
+        }
+    };
+    let properties = match auth {
+        AuthChoice::Plain => properties,
+        AuthChoice::External(slot) => {
+            // lapin 4.12 never resolves `connect` when `auth_starter` fails (the handshake
+            // promise is dropped unresolved), so refuse here instead of hanging.
+            if slot.get().is_none() {
+                return Err(lapin::ErrorKind::AuthProviderError(NO_TOKEN.into()).into());
+            }
+            properties.with_auth_provider(TokenExternalAuth::new(slot))
+        }
+    };
+    let timeout = uri
+        .query
+        .connection_timeout
+        .map(Duration::from_millis)
+        .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
+    let runtime = lapin::runtime::default_runtime()?;
+    // Used for the first connection and again by lapin's reconnects.
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri: AMQPUri, runtime| {
+            let host = uri.authority.host.clone();
+            let port = uri.authority.port;
+            let open = async {
+                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                    .await?
+                    .collect();
+                let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+                match (&uri.scheme, &connector) {
+                    (AMQPScheme::AMQPS, Some(c)) => stream.into_rustls(c, &host).await,
+                    _ => Ok(stream),
+                }
+            };
+            match tokio::time::timeout(timeout, open).await {
+                Ok(Ok(stream)) => Ok(stream),
+                Ok(Err(e)) => Err(std::io::Error::new(
+                    e.kind(),
+                    format!("connecting to {host}:{port}: {e}"),
+                )
+                .into()),
+                Err(_) => Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("connecting to {host}:{port}: no connection within {timeout:?}"),
+                )
+                .into()),
+            }
+        },
+        properties,
+    )
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tls::{self, testpki};
+    use crate::token::Token;
+    use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+    use tokio::sync::oneshot;
+
+    /// What the fake broker read from the client's connection.start-ok.
+    #[derive(Debug)]
+    struct StartOk {
+        mechanism: String,
+        response: Vec<u8>,
+        locale: String,
+    }
+
+    fn long_str(out: &mut Vec<u8>, s: &[u8]) {
+        out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+        out.extend_from_slice(s);
+    }
+
+    /// connection.start (class 10, method 10) offering `mechanisms`, as one method frame.
+    fn connection_start(mechanisms: &str) -> Vec<u8> {
+        let mut payload = Vec::new();
+        payload.extend_from_slice(&10u16.to_be_bytes());
+        payload.extend_from_slice(&10u16.to_be_bytes());
+        payload.extend_from_slice(&[0, 9]); // version-major, version-minor
+        payload.extend_from_slice(&0u32.to_be_bytes()); // server-properties: empty table
+        long_str(&mut payload, mechanisms.as_bytes());
+        long_str(&mut payload, b"en_US");
+        let mut frame = vec![1u8]; // method frame
+        frame.extend_from_slice(&0u16.to_be_bytes()); // channel 0
+        frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&payload);
+        frame.push(0xCE);
+        frame
+    }
+
+    struct Cursor<'a>(&'a [u8]);
+    impl<'a> Cursor<'a> {
+        fn take(&mut self, n: usize) -> &'a [u8] {
+            let (a, b) = self.0.split_at(n);
+            self.0 = b;
+            a
+        }
+        fn u8(&mut self) -> u8 {
+            self.take(1)[0]
+        }
+        fn u16(&mut self) -> u16 {
+            u16::from_be_bytes(self.take(2).try_into().unwrap())
+        }
+        fn u32(&mut self) -> u32 {
+            u32::from_be_bytes(self.take(4).try_into().unwrap())
+        }
+    }
+
+    /// The broker side of the handshake up to connection.start-ok, then hang up.
+    async fn fake_broker<S: AsyncRead + AsyncWrite + Unpin>(mut s: S, mechanisms: &str) -> StartOk {
+        let mut header = [0u8; 8];
+        s.read_exact(&mut header).await.unwrap();
+        assert_eq!(
+            &header, b"AMQP\x00\x00\x09\x01",
+            "AMQP 0-9-1 protocol header"
+        );
+        s.write_all(&connection_start(mechanisms)).await.unwrap();
+        let mut head = [0u8; 7];
+        s.read_exact(&mut head).await.unwrap();
+        let mut c = Cursor(&head);
+        assert_eq!(c.u8(), 1, "method frame");
+        assert_eq!(c.u16(), 0, "channel 0");
+        let size = c.u32() as usize;
+        let mut payload = vec![0u8; size + 1];
+        s.read_exact(&mut payload).await.unwrap();
+        assert_eq!(payload[size], 0xCE, "frame end");
+        let mut c = Cursor(&payload[..size]);
+        assert_eq!((c.u16(), c.u16()), (10, 11), "connection.start-ok");
+        let props = c.u32() as usize;
+        c.take(props);
+        let n = c.u8() as usize;
+        let mechanism = String::from_utf8(c.take(n).to_vec()).unwrap();
+        let n = c.u32() as usize;
+        let response = c.take(n).to_vec();
+        let n = c.u8() as usize;
+        let locale = String::from_utf8(c.take(n).to_vec()).unwrap();
+        StartOk {
+            mechanism,
+            response,
+            locale,
+        }
+    }
+
+    /// A token of about `size` bytes, with non-ASCII text, as the BFO's are several KB.
+    fn big_token(size: usize) -> Token {
+        let filler = "æøå-ÆØÅ-".repeat(size / 16);
+        let xml = format!(
+            r#"<saml2:Assertion xmlns:saml2="urn:oasis:names:tc:SAML:2.0:assertion"><saml2:Issuer>sts</saml2:Issuer><saml2:Subject>{filler}</saml2:Subject></saml2:Assertion>"#
+        );
+        Token::from_xml(xml, "test").unwrap()
+    }
+
+    async fn plain_listener() -> (tokio::net::TcpListener, u16) {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        (l, port)
+    }
+
+    #[tokio::test]
+    async fn external_sends_the_token_byte_for_byte() {
+        let token = big_token(20_000);
+        let expected = token.xml.expose().as_bytes().to_vec();
+        assert!(expected.len() > 16_000);
+        let slot = TokenSlot::with_token(token);
+        let (listener, port) = plain_listener().await;
+        let (tx, rx) = oneshot::channel();
+        let server = tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let _ = tx.send(fake_broker(s, "PLAIN EXTERNAL").await);
+        });
+        let client = tokio::spawn(async move {
+            connect(
+                &format!("amqp://127.0.0.1:{port}/BF"),
+                None,
+                AuthChoice::External(slot),
+            )
+            .await
+        });
+        let got = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.mechanism, "EXTERNAL");
+        assert_eq!(got.locale, "en_US");
+        assert!(got.response == expected, "response differs from the token");
+        // The fake broker hung up after start-ok: the connect fails.
+        assert!(
+            tokio::time::timeout(Duration::from_secs(10), client)
+                .await
+                .unwrap()
+                .unwrap()
+                .is_err()
+        );
+        server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn plain_sends_user_and_password_from_uri() {
+        let (listener, port) = plain_listener().await;
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let _ = tx.send(fake_broker(s, "PLAIN AMQPLAIN").await);
+        });
+        let client = tokio::spawn(async move {
+            connect(
+                &format!("amqp://alice:s%40cret@127.0.0.1:{port}/BF"),
+                None,
+                AuthChoice::Plain,
+            )
+            .await
+        });
+        let got = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got.mechanism, "PLAIN");
+        assert_eq!(got.response, b"\0alice\0s@cret");
+        client.abort();
+    }
+
+    #[tokio::test]
+    async fn external_without_token_fails_clearly() {
+        let (listener, port) = plain_listener().await;
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let _ = tokio::time::timeout(Duration::from_secs(5), fake_broker(s, "EXTERNAL")).await;
+        });
+        let r = tokio::time::timeout(
+            Duration::from_secs(10),
+            connect(
+                &format!("amqp://127.0.0.1:{port}/BF"),
+                None,
+                AuthChoice::External(TokenSlot::new()),
+            ),
+        )
+        .await
+        .unwrap();
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("no token"), "{e}");
+    }
+
+    #[tokio::test]
+    async fn external_over_mutual_tls() {
+        let pki = testpki::make();
+        let server = tls::server_config(&pki.server_cert, &pki.server_key, Some(&pki.ca)).unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+        let (listener, port) = plain_listener().await;
+        let (tx, rx) = oneshot::channel();
+        tokio::spawn(async move {
+            let (s, _) = listener.accept().await.unwrap();
+            let tls = acceptor.accept(s).await.unwrap();
+            let has_client_cert = tls.get_ref().1.peer_certificates().is_some();
+            let got = fake_broker(tls, "EXTERNAL").await;
+            let _ = tx.send((has_client_cert, got));
+        });
+        let token = big_token(6_000);
+        let expected = token.xml.expose().as_bytes().to_vec();
+        let config = Arc::new(tls::client_config(&pki.client_files()).unwrap());
+        let client = tokio::spawn(async move {
+            connect(
+                &format!("amqps://localhost:{port}/BF"),
+                Some(config),
+                AuthChoice::External(TokenSlot::with_token(token)),
+            )
+            .await
+        });
+        let (has_cert, got) = tokio::time::timeout(Duration::from_secs(10), rx)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(has_cert);
+        assert_eq!(got.mechanism, "EXTERNAL");
+        assert!(got.response == expected);
+        client.abort();
+    }
+
+    #[tokio::test]
+    async fn tls_config_with_plain_uri_is_refused() {
+        let pki = testpki::make();
+        let config = Arc::new(tls::client_config(&pki.client_files()).unwrap());
+        let e = connect("amqp://127.0.0.1:1/BF", Some(config), AuthChoice::Plain)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("amqps://"), "{e}");
+        let e = connect("nonsense://x", None, AuthChoice::Plain)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid AMQP URI"), "{e}");
+    }
+
+    #[test]
+    fn debug_hides_token() {
+        let auth = TokenExternalAuth::new(TokenSlot::with_token(big_token(100)));
+        let dbg = format!(
+            "{auth:?} {:?}",
+            AuthChoice::External(TokenSlot::with_token(big_token(100)))
+        );
+        assert!(!dbg.contains("Assertion") && !dbg.contains("æøå"), "{dbg}");
+    }
+}
