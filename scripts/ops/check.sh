@@ -31,9 +31,11 @@ install_tools() {
       sleep 1
     done
     ops_log "installing ${pkgs[*]}"
-    apt-get -o DPkg::Lock::Timeout=300 update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null ||
+    if ! { apt-get -o DPkg::Lock::Timeout=300 update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+        --no-install-recommends "${pkgs[@]}" >/dev/null; }; then
       ops_log "apt-get install ${pkgs[*]} failed"
+    fi
   fi
   if ! python3 -c 'import yaml' 2>/dev/null; then
     ops_log "installing PyYAML"

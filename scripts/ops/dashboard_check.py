@@ -144,7 +144,10 @@ def parse_check(exprs, variables):
         r = subprocess.run(["promtool", "check", "rules", path], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if r.returncode != 0:
             print(r.stdout)
-            fail("an expression does not parse (see promtool's message above; dashboard_expr_N is the N-th query)")
+            for i in sorted({int(x) for x in re.findall(r"dashboard_expr_(\d+)", r.stdout)}):
+                fail(f"{exprs[i][0]}: does not parse: {exprs[i][1]}")
+            for name in sorted(set(re.findall(r"dashboard_var_(\w+)", r.stdout))):
+                fail(f"variable {name}: its selector does not parse")
         else:
             print(f"  ok   {len(rules)} expressions parse")
 

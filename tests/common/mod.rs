@@ -105,6 +105,8 @@ pub async fn wait_metric(s: &Server, series: &str, min: f64) -> String {
 }
 
 /// Fails in CI (env CI set) and skips loudly elsewhere when a tool is missing.
+pub mod broker;
+
 pub fn require_tool(name: &str) -> bool {
     let found = std::process::Command::new("sh")
         .args(["-c", &format!("command -v {name}")])
