@@ -37,4 +37,5 @@ echo "== cargo test"
 cargo test --locked 2>&1
 
 echo "== operations checks"
-scripts/ops/check.sh
+cargo build --locked --bin bfo-alive-exporter
+scripts/ops/check.sh target/debug/bfo-alive-exporter

@@ -526,6 +526,9 @@ impl Config {
                 return Err("token.renew_at: must be between 0 and 1".into());
             }
         }
+        if self.push.tls.is_some() && self.push.listen.is_none() {
+            return Err("push.tls: needs push.listen (TLS applies to the push listener; /metrics stays plain)".into());
+        }
         let d = &self.defaults;
         for (key, v) in [
             ("defaults.interval", d.interval),

@@ -21,5 +21,6 @@ pub mod sim;
 pub mod status;
 pub mod supervisor;
 pub mod tls;
+pub mod tls_listener;
 pub mod token;
 pub mod transport;

@@ -19,6 +19,7 @@ use crate::http::{self, AppState, ReloadRequest};
 use crate::metrics::Metrics;
 use crate::shard::Shard;
 use crate::supervisor::{Registry, Supervisor};
+use crate::tls_listener::TlsListener;
 
 /// Where the configuration comes from, and comes again on reload.
 #[derive(Debug, Clone)]
@@ -93,7 +94,7 @@ async fn bind(addr: &str) -> anyhow::Result<TcpListener> {
 }
 
 /// The address the simulator POSTs to: a wildcard listener is reached on loopback.
-fn reachable(addr: SocketAddr) -> String {
+fn reachable(addr: SocketAddr, tls: bool) -> String {
     let ip = if addr.ip().is_unspecified() {
         if addr.is_ipv4() {
             "127.0.0.1".to_string()
@@ -105,7 +106,8 @@ fn reachable(addr: SocketAddr) -> String {
     } else {
         addr.ip().to_string()
     };
-    format!("http://{ip}:{}", addr.port())
+    let scheme = if tls { "https" } else { "http" };
+    format!("{scheme}://{ip}:{}", addr.port())
 }
 
 /// Loads the configuration, binds, starts every dueslag and serves.
@@ -122,12 +124,19 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
     let push_addr = push_listener
         .as_ref()
         .map_or(Ok(addr), |l| l.local_addr())?;
+    let push_tls = match &config.push.tls {
+        Some(t) => Some(
+            crate::tls::server_config(&t.cert_file, &t.key_file, t.client_ca_file.as_deref())
+                .map_err(|e| anyhow::anyhow!("push.tls: {e}"))?,
+        ),
+        None => None,
+    };
 
     let registry = Arc::new(Registry::default());
     let mut supervisor = Supervisor::new(
         metrics.clone(),
         registry.clone(),
-        reachable(push_addr),
+        reachable(push_addr, config.push.tls.is_some()),
         opts.shard,
     );
     supervisor
@@ -153,7 +162,11 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
         http_stop.clone(),
     )];
     if let Some(l) = push_listener {
-        servers.push(serve(l, http::push_router(state), http_stop.clone()));
+        let router = http::push_router(state);
+        match push_tls {
+            Some(tls) => servers.push(serve(TlsListener::new(l, tls)?, router, http_stop.clone())),
+            None => servers.push(serve(l, router, http_stop.clone())),
+        }
     }
     tracing::info!(%addr, %push_addr, "listening");
 
@@ -177,7 +190,11 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
     })
 }
 
-fn serve(listener: TcpListener, router: axum::Router, stop: CancellationToken) -> JoinHandle<()> {
+fn serve<L>(listener: L, router: axum::Router, stop: CancellationToken) -> JoinHandle<()>
+where
+    L: axum::serve::Listener,
+    L::Addr: std::fmt::Debug,
+{
     tokio::spawn(async move {
         let r = axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -447,3 +447,69 @@ async fn mutual_tls_to_the_broker() {
     s.stop().await;
     emu.cancel();
 }
+
+#[tokio::test]
+async fn push_over_mutual_tls_from_the_emulator() {
+    let Some(b) = Broker::get() else { return };
+    let url = b.vhost("pushtls");
+    let port = free_port();
+    // The broker's test PKI: the server certificate is for localhost/127.0.0.1.
+    let tls_dir = b.path("AMQP_CA").parent().unwrap().to_path_buf();
+    let emu_cfg = emulator_config(&url, false, port, "")
+        .replace(&format!("http://127.0.0.1:{port}"), &format!("https://localhost:{port}"))
+        .replace(
+            "require_token = false",
+            &format!(
+                "require_token = false\n[emulator.push_tls]\nca_file = \"{ca}\"\ncert_file = \"{d}/client.pem\"\nkey_file = \"{d}/client.key\"",
+                ca = b.var("AMQP_CA"),
+                d = tls_dir.display()
+            ),
+        );
+    let emu = start_emulator(&emu_cfg).await;
+    let extra = format!(
+        "[push.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{ca}\"\n",
+        d = tls_dir.display(),
+        ca = b.var("AMQP_CA")
+    );
+    let cfg = exporter_config(
+        &url,
+        port,
+        "",
+        "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n",
+    )
+    .replace("[push]\n", &format!("{extra}[push]\n"));
+    let (s, _f) = start(&cfg).await;
+    wait_metric(
+        &s,
+        r#"bfo_alive_probes_total{dueslag="h",mode="push",result="success"}"#,
+        2.0,
+    )
+    .await;
+
+    // A client without a certificate does not get through the handshake.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(b.var("AMQP_CA")).unwrap()).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    let r = client
+        .post(format!("https://localhost:{port}/push/h"))
+        .body("<x/>")
+        .send()
+        .await;
+    assert!(
+        r.is_err(),
+        "a client without a certificate was let in: {r:?}"
+    );
+    // /metrics stays plain on the main listener.
+    assert_eq!(
+        reqwest::get(format!("{}/metrics", base(&s)))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    s.stop().await;
+    emu.cancel();
+}
