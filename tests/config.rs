@@ -43,6 +43,8 @@ fn examples_parse() {
     ] {
         Config::load(Path::new(f)).unwrap_or_else(|e| panic!("{e}"));
     }
+    bfo_alive_exporter::emulator::EmulatorConfig::load(Path::new("examples/emulator.toml"))
+        .unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn exporter() -> Command {
