@@ -72,7 +72,7 @@ fn role(service: Service) -> Role {
 }
 
 /// The token manager of `config`, or `None` without a token source.
-fn tokens(
+pub fn tokens(
     config: &Config,
     metrics: &Metrics,
     stop: &CancellationToken,

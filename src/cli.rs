@@ -51,10 +51,31 @@ pub enum LogFormat {
     Json,
 }
 
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Output {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the exporter on the embedded Beskedfordeler simulator with example dueslag.
     Demo,
+    /// Test one dueslag by hand: send Alive messages, wait for each, and trace every step.
+    /// Exit 0 = all arrived, 1 = some failed, 2 = configuration or usage error.
+    Probe {
+        /// The dueslag (its configured name).
+        #[arg(long)]
+        dueslag: String,
+        /// How many Alive messages to send, one after another.
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// How long to wait for each (default: the dueslag's timeout).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        timeout: Option<std::time::Duration>,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Play the Beskedfordeler on a RabbitMQ broker, for offline tests of any system.
     Emulate {
         /// Emulator configuration (TOML; see examples/emulator.toml).
@@ -111,6 +132,40 @@ async fn run(cli: Cli) -> ExitCode {
     if let Some(Command::Emulate { config }) = &cli.command {
         return emulate(config).await;
     }
+    if let Some(Command::Probe {
+        dueslag,
+        count,
+        timeout,
+        output,
+    }) = &cli.command
+    {
+        let Some(config_file) = cli.config_file.clone() else {
+            eprintln!("probe needs --config.file");
+            return ExitCode::from(2);
+        };
+        let report = crate::diagnose::run(crate::diagnose::ProbeArgs {
+            config_file,
+            dueslag: dueslag.clone(),
+            count: *count,
+            timeout: *timeout,
+            listen: cli.listen.clone(),
+        })
+        .await;
+        match output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&report).expect("a report serializes")
+            ),
+            Output::Text => {
+                print!("{}", report.trace.render_text());
+                println!(
+                    "{} of {} Alive messages arrived in {}",
+                    report.arrived, report.sent, report.dueslag
+                );
+            }
+        }
+        return ExitCode::from(report.exit_code);
+    }
     let source = match (&cli.command, &cli.config_file) {
         (Some(Command::Demo), _) => ConfigSource::Embedded {
             name: "<embedded demo config>".into(),
@@ -143,6 +198,7 @@ async fn run(cli: Cli) -> ExitCode {
         source,
         listen: cli.listen.clone(),
         shard: cli.shard,
+        probe_loops: true,
     };
     let server = match server::start(opts).await {
         Ok(s) => s,

@@ -344,6 +344,9 @@ pub struct Faults {
     pub reject: f64,
     #[serde(default = "default_reject_code")]
     pub reject_code: i32,
+    /// The first this many Afsend calls are answered with `reject_code` (e.g. 41 once).
+    #[serde(default)]
+    pub reject_first: u32,
     /// Share of Afsend calls never answered (the sender times out).
     #[serde(default)]
     pub no_reply: f64,
@@ -366,6 +369,7 @@ impl Default for Faults {
             reorder: 0.0,
             reject: 0.0,
             reject_code: default_reject_code(),
+            reject_first: 0,
             no_reply: 0.0,
             unroutable: 0.0,
             business_every: Duration::ZERO,

@@ -2,6 +2,7 @@
 pub mod backend;
 pub mod cli;
 pub mod config;
+pub mod diagnose;
 pub mod emulator;
 pub mod http;
 pub mod matcher;
@@ -23,4 +24,5 @@ pub mod supervisor;
 pub mod tls;
 pub mod tls_listener;
 pub mod token;
+pub mod trace;
 pub mod transport;

@@ -4,21 +4,24 @@
 //! A [`DueslagProbe`] is shared by its loop ([`run`]), its receiver (pull consumer or push
 //! endpoint) and the HTTP status page.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 use rand::Rng;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::DueslagSpec;
+use crate::config::{DueslagSpec, Mode};
 use crate::matcher::{Identity, Matcher};
 use crate::message::{self, AliveSpec, ProbePayload};
-use crate::outcome::{Observer, Outcome, ReceivedKind};
+use crate::outcome::{Observer, Outcome, ReceivedKind, SendFailure};
 use crate::send::{self, SendReport};
+use crate::trace::{Trace, hints};
 use crate::transport::{Afsender, Outgoing};
 
 /// What every probe of this exporter run has in common.
@@ -58,6 +61,18 @@ struct Quiet {
 
 const QUIET_PERIOD: Duration = Duration::from_secs(60);
 
+/// On-demand probes waiting for their message, by BeskedId. They use sequence 0 and
+/// bypass the matcher, so the loop's accounting (sequence, metrics) stays undisturbed.
+#[derive(Default)]
+struct OnDemand {
+    waiting: HashMap<Uuid, oneshot::Sender<Instant>>,
+    /// Ids whose waiter gave up: a late arrival is taken quietly.
+    abandoned: VecDeque<Uuid>,
+}
+
+/// How many abandoned on-demand ids are remembered.
+const ABANDONED: usize = 128;
+
 /// The shared state of one dueslag's probe.
 pub struct DueslagProbe {
     pub spec: DueslagSpec,
@@ -66,6 +81,7 @@ pub struct DueslagProbe {
     observer: Arc<dyn Observer>,
     seq: AtomicU64,
     quiet: Mutex<Quiet>,
+    on_demand: Mutex<OnDemand>,
 }
 
 impl DueslagProbe {
@@ -94,6 +110,7 @@ impl DueslagProbe {
                 last: None,
                 suppressed: 0,
             }),
+            on_demand: Mutex::default(),
         })
     }
 
@@ -111,6 +128,10 @@ impl DueslagProbe {
     /// Builds the next Alive message of this dueslag.
     pub fn next_message(&self) -> Outgoing {
         let sequence = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        self.message(sequence)
+    }
+
+    fn message(&self, sequence: u64) -> Outgoing {
         let besked_id = Uuid::new_v4();
         let payload = ProbePayload {
             instance: self.ctx.instance.clone(),
@@ -184,6 +205,7 @@ impl DueslagProbe {
             Envelope::ModtagBeskedInput => message::parse_modtag_besked_input(body),
         };
         let why = match parsed {
+            Ok(m) if m.is_alive() && self.take_on_demand(m.besked_id) => return Verdict::Take,
             Ok(m) if m.is_alive() => {
                 let mut out = vec![];
                 self.matcher.lock().unwrap().arrive(
@@ -228,6 +250,109 @@ impl DueslagProbe {
         );
         q.last = Some(now);
         q.suppressed = 0;
+    }
+
+    fn take_on_demand(&self, besked_id: Uuid) -> bool {
+        let mut od = self.on_demand.lock().unwrap();
+        if let Some(tx) = od.waiting.remove(&besked_id) {
+            let _ = tx.send(Instant::now());
+            return true;
+        }
+        od.abandoned.contains(&besked_id)
+    }
+
+    /// Sends one on-demand Alive message and waits up to `timeout` for it, tracing each
+    /// step. It does not touch the loop's sequence numbers, in-flight table or metrics.
+    pub async fn probe_once(
+        &self,
+        afsender: &dyn Afsender,
+        timeout: Duration,
+        trace: &mut Trace,
+    ) -> bool {
+        let msg = self.message(0);
+        let id = msg.besked_id;
+        let (tx, rx) = oneshot::channel();
+        self.on_demand.lock().unwrap().waiting.insert(id, tx);
+        let started = Instant::now();
+        let attempts = self.spec.send_attempts;
+        let send_timeout = self.spec.send_timeout.min(timeout);
+        let report = send::send(afsender, &msg, attempts, send_timeout).await;
+        let arrived = match &report {
+            SendReport::Accepted { duration, attempts } => {
+                trace.ok_timed(
+                    "publish",
+                    format!("BeskedId {id}: StandardRetur 20 after {attempts} attempt(s)"),
+                    *duration,
+                );
+                tokio::time::timeout_at(started + timeout, rx)
+                    .await
+                    .ok()
+                    .and_then(Result::ok)
+            }
+            SendReport::Failed {
+                reason,
+                status,
+                detail,
+                ..
+            } => {
+                let code = status
+                    .map(|c| format!("StandardRetur {c}: "))
+                    .unwrap_or_default();
+                let hint = match reason {
+                    SendFailure::Token => hints::TOKEN_41,
+                    SendFailure::Rejected => hints::REJECTED,
+                    SendFailure::Unroutable => hints::UNROUTABLE,
+                    SendFailure::Timeout => hints::SEND_TIMEOUT,
+                    SendFailure::Connection => hints::CONNECTION,
+                };
+                trace.fail(
+                    "publish",
+                    format!("BeskedId {id}: {}{code}{detail}", reason.as_str()),
+                    hint,
+                );
+                None
+            }
+        };
+        let ok = match arrived {
+            Some(at) => {
+                trace.ok_timed(
+                    "delivery",
+                    format!(
+                        "arrived by {} in dueslag {}",
+                        self.spec.mode.as_str(),
+                        self.spec.name
+                    ),
+                    at.duration_since(started),
+                );
+                true
+            }
+            None => {
+                if matches!(report, SendReport::Accepted { .. }) {
+                    let hint = match self.spec.mode {
+                        Mode::Pull => hints::NOTHING_PULL,
+                        Mode::Push => hints::NOTHING_PUSH,
+                    };
+                    trace.fail(
+                        "delivery",
+                        format!(
+                            "nothing arrived in dueslag {} within {}",
+                            self.spec.name,
+                            humantime::format_duration(timeout)
+                        ),
+                        hint,
+                    );
+                }
+                false
+            }
+        };
+        let mut od = self.on_demand.lock().unwrap();
+        if od.waiting.remove(&id).is_some() {
+            od.abandoned.push_back(id);
+            while od.abandoned.len() > ABANDONED {
+                od.abandoned.pop_front();
+            }
+        }
+        ok
     }
 
     /// Reports messages held unacknowledged in a pull dueslag.

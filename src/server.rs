@@ -30,6 +30,8 @@ pub enum ConfigSource {
         name: String,
         text: String,
     },
+    /// An already parsed configuration (the `probe` command's one dueslag).
+    Fixed(Box<Config>),
 }
 
 impl ConfigSource {
@@ -37,6 +39,7 @@ impl ConfigSource {
         match self {
             ConfigSource::File(p) => Config::load(p),
             ConfigSource::Embedded { name, text } => Config::parse(text, name),
+            ConfigSource::Fixed(c) => Ok((**c).clone()),
         }
     }
 }
@@ -47,6 +50,8 @@ pub struct Options {
     pub source: ConfigSource,
     pub listen: String,
     pub shard: Option<Shard>,
+    /// False for the one-shot `probe` command: dueslag receive, but send nothing by themselves.
+    pub probe_loops: bool,
 }
 
 /// A running exporter.
@@ -138,6 +143,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
         registry.clone(),
         reachable(push_addr, config.push.tls.is_some()),
         opts.shard,
+        opts.probe_loops,
     );
     supervisor
         .apply(config.clone())
@@ -147,12 +153,14 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
 
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let ready = Arc::new(AtomicBool::new(true));
+    let probe_endpoint = Arc::new(AtomicBool::new(config.exporter.probe_endpoint));
     let state = AppState {
         metrics: metrics.clone(),
         registry: registry.clone(),
         reload: reload_tx,
         ready: ready.clone(),
         max_body: config.push.max_body.as_u64() as usize,
+        probe_endpoint: probe_endpoint.clone(),
     };
     let shutdown = CancellationToken::new();
     let http_stop = CancellationToken::new();
@@ -170,16 +178,20 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
     }
     tracing::info!(%addr, %push_addr, "listening");
 
-    let task = tokio::spawn(control(
-        opts.source,
-        supervisor,
-        metrics.clone(),
-        reload_rx,
-        shutdown.clone(),
-        ready,
-        http_stop,
-        servers,
-    ));
+    let task = tokio::spawn(
+        Control {
+            source: opts.source,
+            supervisor,
+            metrics: metrics.clone(),
+            reload_rx,
+            shutdown: shutdown.clone(),
+            ready,
+            probe_endpoint,
+            http_stop,
+            servers,
+        }
+        .run(),
+    );
     Ok(Server {
         addr,
         push_addr,
@@ -205,46 +217,68 @@ where
     })
 }
 
-/// Reloads on request, then drains on shutdown.
-#[allow(clippy::too_many_arguments)]
-async fn control(
+/// The control task: reloads on request, then drains on shutdown.
+struct Control {
     source: ConfigSource,
-    mut supervisor: Supervisor,
+    supervisor: Supervisor,
     metrics: Metrics,
-    mut reload_rx: mpsc::Receiver<ReloadRequest>,
+    reload_rx: mpsc::Receiver<ReloadRequest>,
     shutdown: CancellationToken,
     ready: Arc<AtomicBool>,
+    probe_endpoint: Arc<AtomicBool>,
     http_stop: CancellationToken,
     servers: Vec<JoinHandle<()>>,
-) {
-    let mut hup = hangups();
-    loop {
-        let reply = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            Some(tx) = reload_rx.recv() => Some(tx),
-            Some(()) = hup.recv() => None,
-        };
-        let result = match source.load() {
-            Ok(c) => supervisor.apply(c).await,
-            Err(e) => Err(e.to_string()),
-        };
-        match &result {
-            Ok(()) => tracing::info!("configuration reloaded"),
-            Err(e) => tracing::error!(error = %e, "reload failed; the old configuration stays"),
+}
+
+impl Control {
+    async fn run(self) {
+        let Control {
+            source,
+            mut supervisor,
+            metrics,
+            mut reload_rx,
+            shutdown,
+            ready,
+            probe_endpoint,
+            http_stop,
+            servers,
+        } = self;
+        let mut hup = hangups();
+        loop {
+            let reply = tokio::select! {
+                _ = shutdown.cancelled() => break,
+                Some(tx) = reload_rx.recv() => Some(tx),
+                Some(()) = hup.recv() => None,
+            };
+            let result = match source.load() {
+                Ok(c) => {
+                    let on_demand = c.exporter.probe_endpoint;
+                    let r = supervisor.apply(c).await;
+                    if r.is_ok() {
+                        probe_endpoint.store(on_demand, Ordering::Relaxed);
+                    }
+                    r
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match &result {
+                Ok(()) => tracing::info!("configuration reloaded"),
+                Err(e) => tracing::error!(error = %e, "reload failed; the old configuration stays"),
+            }
+            metrics.config_loaded(result.is_ok());
+            if let Some(tx) = reply {
+                let _ = tx.send(result);
+            }
         }
-        metrics.config_loaded(result.is_ok());
-        if let Some(tx) = reply {
-            let _ = tx.send(result);
+        ready.store(false, Ordering::Relaxed);
+        tracing::info!("stopping: no new probes; waiting for in-flight probes up to their timeout");
+        supervisor.shutdown().await;
+        http_stop.cancel();
+        for s in servers {
+            let _ = s.await;
         }
+        tracing::info!("stopped");
     }
-    ready.store(false, Ordering::Relaxed);
-    tracing::info!("stopping: no new probes; waiting for in-flight probes up to their timeout");
-    supervisor.shutdown().await;
-    http_stop.cancel();
-    for s in servers {
-        let _ = s.await;
-    }
-    tracing::info!("stopped");
 }
 
 /// SIGHUP as a stream of reload requests (never fires where there are no signals).

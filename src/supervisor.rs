@@ -19,11 +19,16 @@ use crate::probe::{self, DueslagProbe, ProbeContext};
 use crate::receiver;
 use crate::shard::Shard;
 use crate::status::DueslagStatus;
+use crate::transport::Afsender;
 
 /// A running dueslag as the HTTP surface sees it.
 pub struct Running {
     pub probe: Arc<DueslagProbe>,
     pub status: Arc<DueslagStatus>,
+    /// The backend's sender, for on-demand probes.
+    pub afsender: Arc<dyn Afsender>,
+    /// Rate limit of on-demand probes: when the last one started.
+    pub last_on_demand: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 /// The running dueslag by name, shared with the HTTP surface.
@@ -44,7 +49,7 @@ struct Loop {
     spec: DueslagSpec,
     stop_sending: CancellationToken,
     stop_receiving: CancellationToken,
-    sender: JoinHandle<()>,
+    sender: Option<JoinHandle<()>>,
     receiver: Option<JoinHandle<()>>,
 }
 
@@ -55,6 +60,8 @@ pub struct Supervisor {
     run: uuid::Uuid,
     push_base: String,
     shard: Option<Shard>,
+    /// False for a one-shot `probe`: receivers run, the periodic loops do not.
+    loops_enabled: bool,
     config: Option<Config>,
     built: Option<Built>,
     loops: HashMap<String, Loop>,
@@ -67,6 +74,7 @@ impl Supervisor {
         registry: Arc<Registry>,
         push_base: String,
         shard: Option<Shard>,
+        loops_enabled: bool,
     ) -> Self {
         Supervisor {
             metrics,
@@ -74,6 +82,7 @@ impl Supervisor {
             run: uuid::Uuid::new_v4(),
             push_base,
             shard,
+            loops_enabled,
             config: None,
             built: None,
             loops: HashMap::new(),
@@ -151,11 +160,13 @@ impl Supervisor {
         let probe = DueslagProbe::new(spec.clone(), ctx, observer);
         let stop_sending = CancellationToken::new();
         let stop_receiving = CancellationToken::new();
-        let sender = tokio::spawn(probe::run(
-            probe.clone(),
-            built.backend.afsender.clone(),
-            stop_sending.clone(),
-        ));
+        let sender = self.loops_enabled.then(|| {
+            tokio::spawn(probe::run(
+                probe.clone(),
+                built.backend.afsender.clone(),
+                stop_sending.clone(),
+            ))
+        });
         let receiver = (spec.mode == Mode::Pull).then(|| {
             tokio::spawn(receiver::run_pull(
                 probe.clone(),
@@ -163,11 +174,15 @@ impl Supervisor {
                 stop_receiving.clone(),
             ))
         });
-        self.registry
-            .0
-            .write()
-            .unwrap()
-            .insert(spec.name.clone(), Arc::new(Running { probe, status }));
+        self.registry.0.write().unwrap().insert(
+            spec.name.clone(),
+            Arc::new(Running {
+                probe,
+                status,
+                afsender: built.backend.afsender.clone(),
+                last_on_demand: std::sync::Mutex::new(None),
+            }),
+        );
         tracing::info!(dueslag = %spec.name, mode = spec.mode.as_str(), interval = ?spec.interval, "dueslag started");
         self.loops.insert(
             spec.name.clone(),
@@ -186,7 +201,9 @@ impl Supervisor {
         if let Some(l) = self.loops.remove(name) {
             l.stop_sending.cancel();
             l.stop_receiving.cancel();
-            l.sender.abort();
+            if let Some(s) = &l.sender {
+                s.abort();
+            }
             self.registry.0.write().unwrap().remove(name);
             self.metrics.remove_dueslag(name, l.spec.mode);
             tracing::info!(dueslag = name, "dueslag stopped");
@@ -204,7 +221,9 @@ impl Supervisor {
         }
         let mut receivers = vec![];
         for l in loops {
-            let _ = l.sender.await;
+            if let Some(s) = l.sender {
+                let _ = s.await;
+            }
             l.stop_receiving.cancel();
             receivers.extend(l.receiver);
         }

@@ -59,6 +59,8 @@ pub enum AfsendAnswer {
 struct Slot {
     target: Target,
     faults: Faults,
+    /// Afsend calls so far (for `reject_first`).
+    calls: u64,
     reordered: Option<Bytes>,
     business: Option<JoinHandle<()>>,
 }
@@ -97,6 +99,7 @@ impl Simulator {
                     Slot {
                         target: target.clone(),
                         faults: faults.clone(),
+                        calls: 0,
                         reordered: s.reordered,
                         business: None,
                     }
@@ -104,6 +107,7 @@ impl Simulator {
                 None => Slot {
                     target: target.clone(),
                     faults: faults.clone(),
+                    calls: 0,
                     reordered: None,
                     business: None,
                 },
@@ -162,15 +166,20 @@ impl Simulator {
             return AfsendAnswer::Reply(StandardRetur::ok());
         };
         let (target, fate) = {
-            let slots = self.slots.lock().unwrap();
-            let Some(slot) = slots.get(&name) else {
+            let mut slots = self.slots.lock().unwrap();
+            let Some(slot) = slots.get_mut(&name) else {
                 return AfsendAnswer::Reply(StandardRetur::ok());
             };
-            let fate = faults::decide(
-                &slot.faults,
-                self.started.elapsed(),
-                &mut *self.rng.lock().unwrap(),
-            );
+            slot.calls += 1;
+            let fate = if slot.calls <= u64::from(slot.faults.reject_first) {
+                Fate::Reject(slot.faults.reject_code)
+            } else {
+                faults::decide(
+                    &slot.faults,
+                    self.started.elapsed(),
+                    &mut *self.rng.lock().unwrap(),
+                )
+            };
             (slot.target.clone(), fate)
         };
         match fate {

@@ -43,6 +43,7 @@ pub async fn start(text: &str) -> (Server, ConfigFile) {
         source: ConfigSource::File(file.path.clone()),
         listen: "127.0.0.1:0".into(),
         shard: None,
+        probe_loops: true,
     })
     .await
     .expect("server starts");
