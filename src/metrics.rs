@@ -286,89 +286,48 @@ impl Metrics {
 
     /// Creates every series of a dueslag at 0 and returns its observer.
     pub fn dueslag(&self, name: &str, mode: Mode) -> DueslagMetrics {
-        let dm = DueslagMode {
-            dueslag: name.to_string(),
-            mode: mode.as_str(),
-        };
-        let dl = DueslagLabel {
-            dueslag: name.to_string(),
-        };
-        let probe = |result| {
-            self.probes.get_or_create_owned(&ProbeLabels {
-                dueslag: name.to_string(),
-                mode: mode.as_str(),
-                result,
-            })
-        };
+        let k = SeriesKeys::new(name, mode);
         DueslagMetrics {
-            success: probe("success"),
-            timeout: probe("timeout"),
-            send_error: probe("send_error"),
-            roundtrip: self.roundtrip.get_or_create_owned(&dm),
-            send_duration: self.send_duration.get_or_create_owned(&dl),
-            send_failures: SendFailure::ALL.map(|r| {
-                self.send_failures.get_or_create_owned(&ReasonLabels {
-                    dueslag: name.to_string(),
-                    reason: r.as_str(),
-                })
-            }),
-            received: ReceivedKind::ALL.map(|k| {
-                self.received.get_or_create_owned(&KindLabels {
-                    dueslag: name.to_string(),
-                    mode: mode.as_str(),
-                    kind: k.as_str(),
-                })
-            }),
-            lost: self.lost.get_or_create_owned(&dm),
-            last_success: self.last_success.get_or_create_owned(&dm),
-            last_attempt: self.last_attempt.get_or_create_owned(&dm),
-            probe_success: self.probe_success.get_or_create_owned(&dm),
-            inflight: self.inflight.get_or_create_owned(&dl),
-            held: self.held.get_or_create_owned(&dl),
-            consumer_paused: self.consumer_paused.get_or_create_owned(&dl),
+            probes: k.probes.map(|l| self.probes.get_or_create_owned(&l)),
+            roundtrip: self.roundtrip.get_or_create_owned(&k.dm),
+            send_duration: self.send_duration.get_or_create_owned(&k.dl),
+            send_failures: k
+                .reasons
+                .map(|l| self.send_failures.get_or_create_owned(&l)),
+            received: k.kinds.map(|l| self.received.get_or_create_owned(&l)),
+            lost: self.lost.get_or_create_owned(&k.dm),
+            last_success: self.last_success.get_or_create_owned(&k.dm),
+            last_attempt: self.last_attempt.get_or_create_owned(&k.dm),
+            probe_success: self.probe_success.get_or_create_owned(&k.dm),
+            inflight: self.inflight.get_or_create_owned(&k.dl),
+            held: self.held.get_or_create_owned(&k.dl),
+            consumer_paused: self.consumer_paused.get_or_create_owned(&k.dl),
         }
     }
 
     /// Removes every series of a dueslag.
     pub fn remove_dueslag(&self, name: &str, mode: Mode) {
-        let dm = DueslagMode {
-            dueslag: name.to_string(),
-            mode: mode.as_str(),
-        };
-        let dl = DueslagLabel {
-            dueslag: name.to_string(),
-        };
-        for result in ProbeResult::LABELS {
-            self.probes.remove(&ProbeLabels {
-                dueslag: name.to_string(),
-                mode: mode.as_str(),
-                result,
-            });
+        let k = SeriesKeys::new(name, mode);
+        for l in &k.probes {
+            self.probes.remove(l);
         }
-        for r in SendFailure::ALL {
-            self.send_failures.remove(&ReasonLabels {
-                dueslag: name.to_string(),
-                reason: r.as_str(),
-            });
+        for l in &k.reasons {
+            self.send_failures.remove(l);
         }
-        for k in ReceivedKind::ALL {
-            self.received.remove(&KindLabels {
-                dueslag: name.to_string(),
-                mode: mode.as_str(),
-                kind: k.as_str(),
-            });
+        for l in &k.kinds {
+            self.received.remove(l);
         }
-        self.roundtrip.remove(&dm);
-        self.lost.remove(&dm);
-        self.last_success.remove(&dm);
-        self.last_attempt.remove(&dm);
-        self.probe_success.remove(&dm);
-        self.send_duration.remove(&dl);
-        self.inflight.remove(&dl);
-        self.held.remove(&dl);
-        self.consumer_paused.remove(&dl);
+        self.roundtrip.remove(&k.dm);
+        self.lost.remove(&k.dm);
+        for family in [&self.last_success, &self.last_attempt] {
+            family.remove(&k.dm);
+        }
+        self.probe_success.remove(&k.dm);
+        self.send_duration.remove(&k.dl);
+        for family in [&self.inflight, &self.held, &self.consumer_paused] {
+            family.remove(&k.dl);
+        }
     }
-
     pub fn set_connection_up(&self, role: Role, up: bool) {
         self.connection_up
             .get_or_create(&ConnectionLabel {
@@ -423,11 +382,47 @@ pub fn unix_seconds(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+/// Every label set of one dueslag, in the order of [`ProbeResult::LABELS`],
+/// [`SendFailure::ALL`] and [`ReceivedKind::ALL`].
+struct SeriesKeys {
+    dm: DueslagMode,
+    dl: DueslagLabel,
+    probes: [ProbeLabels; 3],
+    reasons: [ReasonLabels; 5],
+    kinds: [KindLabels; 6],
+}
+
+impl SeriesKeys {
+    fn new(name: &str, mode: Mode) -> Self {
+        let dueslag = || name.to_string();
+        SeriesKeys {
+            dm: DueslagMode {
+                dueslag: dueslag(),
+                mode: mode.as_str(),
+            },
+            dl: DueslagLabel { dueslag: dueslag() },
+            probes: ProbeResult::LABELS.map(|result| ProbeLabels {
+                dueslag: dueslag(),
+                mode: mode.as_str(),
+                result,
+            }),
+            reasons: SendFailure::ALL.map(|r| ReasonLabels {
+                dueslag: dueslag(),
+                reason: r.as_str(),
+            }),
+            kinds: ReceivedKind::ALL.map(|k| KindLabels {
+                dueslag: dueslag(),
+                mode: mode.as_str(),
+                kind: k.as_str(),
+            }),
+        }
+    }
+}
+
 /// The series of one dueslag; turns its outcomes into metric updates.
 pub struct DueslagMetrics {
-    success: Counter,
-    timeout: Counter,
-    send_error: Counter,
+    /// success, timeout, send_error: as [`ProbeResult::LABELS`].
+    probes: [Counter; 3],
     roundtrip: Latency,
     send_duration: Latency,
     send_failures: [Counter; 5],
@@ -464,7 +459,7 @@ impl Observer for DueslagMetrics {
                 at,
             } => match result {
                 ProbeResult::Success { roundtrip } => {
-                    self.success.inc();
+                    self.probes[0].inc();
                     self.roundtrip.observe(
                         roundtrip.as_secs_f64(),
                         Some(BeskedExemplar {
@@ -476,11 +471,11 @@ impl Observer for DueslagMetrics {
                     self.probe_success.set(1);
                 }
                 ProbeResult::Timeout => {
-                    self.timeout.inc();
+                    self.probes[1].inc();
                     self.probe_success.set(0);
                 }
                 ProbeResult::SendError(_) => {
-                    self.send_error.inc();
+                    self.probes[2].inc();
                     self.probe_success.set(0);
                 }
             },

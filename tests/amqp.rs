@@ -10,14 +10,6 @@ use common::*;
 
 const ANVENDER: &str = "cf12c051-39ce-4066-ba11-704b46fa23c4";
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn emulator_config(url: &str, require_token: bool, push_port: u16, faults: &str) -> String {
     format!(
         r#"
@@ -164,12 +156,7 @@ async fn token_expiry_41_then_renewed_token_succeeds() {
         Some(4070908800.0)
     );
     // The token never shows up in the exposition or the status page.
-    let page = reqwest::get(format!("{}/dueslag/p", base(&s)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get(&s, "/dueslag/p").await.1;
     assert!(!text.contains("Assertion") && !page.contains("Assertion"));
     s.stop().await;
     emu.cancel();
@@ -202,12 +189,7 @@ async fn rejection_codes_are_counted_with_the_code() {
         ),
         Some(0.0)
     );
-    let page = reqwest::get(format!("{}/dueslag/h", base(&s)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get(&s, "/dueslag/h").await.1;
     assert!(page.contains("<td>44</td>"), "{page}");
     s.stop().await;
     emu.cancel();
@@ -231,12 +213,7 @@ async fn emulator_refuses_a_foreign_sender() {
         1.0,
     )
     .await;
-    let page = reqwest::get(format!("{}/dueslag/h", base(&s)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get(&s, "/dueslag/h").await.1;
     assert!(
         page.contains("BeskedAnsvarligAktoer") && page.contains("<td>40</td>"),
         "{page}"
@@ -250,19 +227,7 @@ async fn unroutable_when_nothing_is_bound_to_the_exchange() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("unroutable");
     // The exchange exists (declared here, as the exporter never declares), but no queue is bound.
-    let conn = lapin::Connection::connect(&url, Default::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        "AFSEND_BESKED_EXCHANGE".into(),
-        lapin::ExchangeKind::Direct,
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    conn.close(200, "ok".into()).await.unwrap();
+    declare_unbound_exchange(&url).await;
     let push = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
     let (s, _f) = start(&exporter_config(&url, free_port(), "", push)).await;
     let text = wait_metric(
@@ -502,14 +467,7 @@ async fn push_over_mutual_tls_from_the_emulator() {
         "a client without a certificate was let in: {r:?}"
     );
     // /metrics stays plain on the main listener.
-    assert_eq!(
-        reqwest::get(format!("{}/metrics", base(&s)))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        200
-    );
+    assert_eq!(get(&s, "/metrics").await.0, 200);
     s.stop().await;
     emu.cancel();
 }

@@ -92,12 +92,7 @@ async fn healthy_pull_and_push_round_trips() {
     // The status page shows both dueslag.
     let page = reqwest::get(base(&s)).await.unwrap().text().await.unwrap();
     assert!(page.contains(r#"href="/dueslag/p""#) && page.contains(r#"href="/dueslag/h""#));
-    let hist = reqwest::get(format!("{}/dueslag/p", base(&s)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let hist = get(&s, "/dueslag/p").await.1;
     assert!(hist.contains("<td>success</td>"), "{hist}");
     s.stop().await;
 }
@@ -242,12 +237,7 @@ async fn send_failures_have_reasons() {
             Some(0.0),
             "{reason}"
         );
-        let page = reqwest::get(format!("{}/dueslag/h", base(&s)))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let page = get(&s, "/dueslag/h").await.1;
         assert!(page.contains(&format!("<td>{reason}:")), "{reason}: {page}");
         s.stop().await;
     }
@@ -496,14 +486,7 @@ async fn health_and_readiness() {
             200
         );
     }
-    assert_eq!(
-        reqwest::get(format!("{}/dueslag/none", base(&s)))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        404
-    );
+    assert_eq!(get(&s, "/dueslag/none").await.0, 404);
     s.stop().await;
 }
 

@@ -212,19 +212,7 @@ async fn explains_outcomes_against_the_emulator_and_never_prints_secrets() {
 
     // Unroutable: the exchange exists, nothing is bound.
     let url = b.vhost("probecmd-unroutable");
-    let conn = lapin::Connection::connect(&url, Default::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        "AFSEND_BESKED_EXCHANGE".into(),
-        lapin::ExchangeKind::Direct,
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    conn.close(200, "ok".into()).await.unwrap();
+    declare_unbound_exchange(&url).await;
     let cfg = amqp_config(&url, "");
     let r = tokio::task::spawn_blocking(move || probe(&cfg, "p", &[]))
         .await
@@ -363,13 +351,6 @@ async fn on_demand_probe_endpoint() {
         r.contains("push endpoint registration") && r.trim_end().contains("probe failure"),
         "{r}"
     );
-    assert_eq!(
-        reqwest::get(format!("{}/probe?dueslag=zz", base(&s)))
-            .await
-            .unwrap()
-            .status()
-            .as_u16(),
-        404
-    );
+    assert_eq!(get(&s, "/probe?dueslag=zz").await.0, 404);
     s.stop().await;
 }

@@ -9,14 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([&format!("-{sig}"), &child.id().to_string()])
@@ -25,7 +17,7 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok.success());
 }
 
-async fn get(url: &str) -> Result<String, String> {
+async fn fetch(url: &str) -> Result<String, String> {
     bfo_alive_exporter::tls::install_crypto_provider();
     match reqwest::get(url).await {
         Ok(r) => r.text().await.map_err(|e| e.to_string()),
@@ -64,7 +56,7 @@ async fn sighup_reloads_and_sigterm_exits_zero() {
         .unwrap();
     let url = format!("http://127.0.0.1:{port}/metrics");
     wait_for(Duration::from_secs(20), || async {
-        let t = get(&url).await?;
+        let t = fetch(&url).await?;
         t.contains(r#"dueslag="a""#)
             .then_some(())
             .ok_or("no a".to_string())
@@ -75,7 +67,7 @@ async fn sighup_reloads_and_sigterm_exits_zero() {
     ));
     signal(&child, "HUP");
     wait_for(Duration::from_secs(10), || async {
-        let t = get(&url).await?;
+        let t = fetch(&url).await?;
         (t.contains(r#"dueslag="b""#) && !t.contains(r#"dueslag="a""#))
             .then_some(())
             .ok_or("not reloaded".to_string())
@@ -112,7 +104,7 @@ async fn demo_runs_and_prints_where_to_look() {
         .unwrap();
     let url = format!("http://127.0.0.1:{port}/metrics");
     let text = wait_for(Duration::from_secs(20), || async {
-        let t = get(&url).await?;
+        let t = fetch(&url).await?;
         match value(
             &t,
             r#"bfo_alive_probes_total{dueslag="sag-pull",mode="pull",result="success"}"#,

@@ -151,6 +151,23 @@ pub async fn queue_bodies(url: &str, queue: &str) -> Vec<Vec<u8>> {
     bodies
 }
 
+/// Declares the afsend exchange with no queue bound to it: every publish is unroutable.
+pub async fn declare_unbound_exchange(url: &str) {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    ch.exchange_declare(
+        bfo_alive_exporter::protocol::AFSEND_EXCHANGE.into(),
+        lapin::ExchangeKind::Direct,
+        Default::default(),
+        Default::default(),
+    )
+    .await
+    .unwrap();
+    conn.close(200, "ok".into()).await.unwrap();
+}
+
 /// Publishes a body straight into a queue.
 pub async fn publish_to_queue(url: &str, queue: &str, body: &[u8]) {
     let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())

@@ -54,6 +54,21 @@ pub fn base(s: &Server) -> String {
     format!("http://{}", s.addr)
 }
 
+/// A port that was free a moment ago (for listeners that must be known in advance).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// GET a path of the server: status and body.
+pub async fn get(s: &Server, path: &str) -> (u16, String) {
+    let r = reqwest::get(format!("{}{path}", base(s))).await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
 pub async fn scrape(s: &Server) -> String {
     reqwest::get(format!("{}/metrics", base(s)))
         .await
