@@ -355,6 +355,9 @@ pub struct Faults {
     pub unroutable: f64,
     #[serde(with = "humantime_serde", default)]
     pub business_every: Duration,
+    /// Inject an Alive message of another exporter instance this often; 0s = never.
+    #[serde(with = "humantime_serde", default)]
+    pub foreign_every: Duration,
     #[serde(default)]
     pub outages: Vec<Outage>,
 }
@@ -373,6 +376,7 @@ impl Default for Faults {
             no_reply: 0.0,
             unroutable: 0.0,
             business_every: Duration::ZERO,
+            foreign_every: Duration::ZERO,
             outages: Vec::new(),
         }
     }

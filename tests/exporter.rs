@@ -165,7 +165,7 @@ async fn loss_times_out_and_counts_lost() {
 
 #[tokio::test]
 async fn duplicates_reordering_and_late_arrivals_are_classified() {
-    let faults = "[sim.faults.p]\nduplicate = 1.0\n[sim.faults.h]\nreorder = 0.5\n";
+    let faults = "[sim.faults.p]\nduplicate = 1.0\nforeign_every = \"200ms\"\n[sim.faults.h]\nreorder = 0.5\n";
     let (s, _f) = start(&config(&format!("{PULL}{PUSH}{faults}"))).await;
     wait_metric(
         &s,
@@ -176,6 +176,12 @@ async fn duplicates_reordering_and_late_arrivals_are_classified() {
     wait_metric(
         &s,
         r#"bfo_alive_received_total{dueslag="h",mode="push",kind="out_of_order"}"#,
+        1.0,
+    )
+    .await;
+    wait_metric(
+        &s,
+        r#"bfo_alive_received_total{dueslag="p",mode="pull",kind="foreign"}"#,
         1.0,
     )
     .await;

@@ -1,5 +1,5 @@
 //! The simulated Beskedfordeler: Afsend with fault injection, routing of each accepted
-//! Alive message to its dueslag, and injected business messages.
+//! Alive message to its dueslag, and injected business and foreign messages.
 //!
 //! The core decides *what* happens ([`faults`]) and *when*; a [`Sink`] decides *how* a
 //! message reaches a dueslag. The in-process sink ([`LocalSink`]) feeds [`queue::SimQueue`]s
@@ -56,13 +56,39 @@ pub enum AfsendAnswer {
     NoReply,
 }
 
+/// What an injector puts into a dueslag.
+#[derive(Debug, Clone, Copy)]
+enum Injected {
+    /// A non-Alive message: stands in for business traffic.
+    Business,
+    /// An Alive message of another exporter instance.
+    ForeignAlive,
+}
+
+/// An Alive message as another exporter instance would send it.
+fn foreign_alive(dueslag: &str) -> String {
+    let payload = crate::message::ProbePayload {
+        instance: "another-instance".into(),
+        run: Uuid::new_v4(),
+        dueslag: dueslag.to_string(),
+        sequence: 1,
+        sent_at: std::time::SystemTime::now(),
+    };
+    crate::message::build_alive(&crate::message::AliveSpec {
+        besked_id: Uuid::new_v4(),
+        anvendersystem: Uuid::nil(),
+        cvr: "00000000",
+        payload: &payload,
+    })
+}
+
 struct Slot {
     target: Target,
     faults: Faults,
     /// Afsend calls so far (for `reject_first`).
     calls: u64,
     reordered: Option<Bytes>,
-    business: Option<JoinHandle<()>>,
+    injectors: Vec<JoinHandle<()>>,
 }
 
 /// The simulator core.
@@ -85,47 +111,49 @@ impl Simulator {
         })
     }
 
-    /// Sets the dueslag and their faults; starts or stops business-message injection.
+    /// Sets the dueslag and their faults; starts or stops the injection of business and
+    /// foreign messages.
     pub fn set_topology(self: &Arc<Self>, dueslag: Vec<(Target, Faults)>) {
         let mut slots = self.slots.lock().unwrap();
         let mut old: HashMap<String, Slot> = std::mem::take(&mut *slots);
         for (target, faults) in dueslag {
-            let mut slot = match old.remove(&target.name) {
+            let slot = match old.remove(&target.name) {
                 Some(s) if s.target == target && s.faults == faults => s,
-                Some(s) => {
-                    if let Some(h) = s.business {
-                        h.abort();
-                    }
+                changed => {
+                    let reordered = changed.and_then(|s| {
+                        s.injectors.iter().for_each(JoinHandle::abort);
+                        s.reordered
+                    });
+                    let injectors = [
+                        (faults.business_every, Injected::Business),
+                        (faults.foreign_every, Injected::ForeignAlive),
+                    ]
+                    .into_iter()
+                    .filter(|(every, _)| !every.is_zero())
+                    .map(|(every, kind)| self.spawn_injector(target.name.clone(), every, kind))
+                    .collect();
                     Slot {
                         target: target.clone(),
-                        faults: faults.clone(),
+                        faults,
                         calls: 0,
-                        reordered: s.reordered,
-                        business: None,
+                        reordered,
+                        injectors,
                     }
                 }
-                None => Slot {
-                    target: target.clone(),
-                    faults: faults.clone(),
-                    calls: 0,
-                    reordered: None,
-                    business: None,
-                },
             };
-            if slot.business.is_none() && !faults.business_every.is_zero() {
-                slot.business =
-                    Some(self.spawn_business(target.name.clone(), faults.business_every));
-            }
             slots.insert(target.name.clone(), slot);
         }
         for (_, s) in old {
-            if let Some(h) = s.business {
-                h.abort();
-            }
+            s.injectors.iter().for_each(JoinHandle::abort);
         }
     }
 
-    fn spawn_business(self: &Arc<Self>, name: String, every: Duration) -> JoinHandle<()> {
+    fn spawn_injector(
+        self: &Arc<Self>,
+        name: String,
+        every: Duration,
+        kind: Injected,
+    ) -> JoinHandle<()> {
         let me = Arc::downgrade(self);
         let stop = self.stop.clone();
         tokio::spawn(async move {
@@ -143,7 +171,12 @@ impl Simulator {
                     .get(&name)
                     .map(|s| s.target.clone());
                 if let Some(t) = target {
-                    let body = build_business_message(Uuid::new_v4(), Uuid::new_v4());
+                    let body = match kind {
+                        Injected::Business => {
+                            build_business_message(Uuid::new_v4(), Uuid::new_v4())
+                        }
+                        Injected::ForeignAlive => foreign_alive(&t.name),
+                    };
                     sim.sink.deliver(&t, Bytes::from(body));
                 }
             }
