@@ -10,6 +10,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use bfo_alive_exporter::sasl::{AuthChoice, connect};
 use bfo_alive_exporter::tls::{self, ClientTlsFiles};
 use bfo_alive_exporter::token::{Token, TokenSlot};
@@ -17,36 +19,11 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 
-const ENV_VAR: &str = "BFO_TEST_AMQP_ENV";
 const LIMIT: Duration = Duration::from_secs(30);
 
-/// The broker's DIR/env as a map, or `None` (skip) when not configured outside CI.
+/// The broker's DIR/env as a map, or `None` (a loud skip) when not configured outside CI.
 fn broker() -> Option<HashMap<String, String>> {
-    let Some(path) = std::env::var_os(ENV_VAR) else {
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "{ENV_VAR} is not set; CI needs the test broker (scripts/rabbitmq.sh start DIR)"
-            );
-        }
-        // Straight to fd 2: libtest captures eprintln!, and a skip must be seen.
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        ONCE.call_once(|| {
-            use std::io::Write as _;
-            let _ = writeln!(
-                std::io::stderr(),
-                "\n*** SKIPPED: no broker ({ENV_VAR} unset; run scripts/rabbitmq.sh start DIR and set {ENV_VAR}=DIR/env) ***\n"
-            );
-        });
-        return None;
-    };
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{ENV_VAR}={}: {e}", PathBuf::from(&path).display()));
-    let map = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.trim().to_owned(), v.trim().trim_matches('\'').to_owned()))
-        .collect();
-    Some(map)
+    common::broker::Broker::get().map(|b| b.env)
 }
 
 fn path(env: &HashMap<String, String>, key: &str) -> PathBuf {
