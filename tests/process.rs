@@ -9,6 +9,17 @@ use std::time::Duration;
 
 use common::*;
 
+/// Kills the child if a failing assertion leaves it running; a no-op once it has exited.
+struct Reaper(u32);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+        }
+    }
+}
+
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([&format!("-{sig}"), &child.id().to_string()])
@@ -54,6 +65,7 @@ async fn sighup_reloads_and_sigterm_exits_zero() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
+    let _reaper = Reaper(child.id());
     let url = format!("http://127.0.0.1:{port}/metrics");
     wait_for(Duration::from_secs(20), || async {
         let t = fetch(&url).await?;
@@ -102,6 +114,7 @@ async fn demo_runs_and_prints_where_to_look() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    let _reaper = Reaper(child.id());
     let url = format!("http://127.0.0.1:{port}/metrics");
     let text = wait_for(Duration::from_secs(20), || async {
         let t = fetch(&url).await?;
