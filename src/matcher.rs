@@ -14,6 +14,10 @@ use uuid::Uuid;
 use crate::message::ProbePayload;
 use crate::outcome::{Outcome, ProbeResult, ReceivedKind, SendFailure};
 
+/// Finished probes are remembered (for late and duplicate arrivals) this many times the
+/// grace period `lost_after`.
+const MEMORY_FACTOR: u32 = 4;
+
 /// Who this matcher's probes are from.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -52,7 +56,8 @@ pub struct Matcher {
     lost_after: Duration,
     inflight: HashMap<Uuid, Pending>,
     finished: HashMap<Uuid, Finished>,
-    finished_order: VecDeque<Uuid>,
+    /// Finished probes in the order they finished, with when.
+    finished_order: VecDeque<(Uuid, Instant)>,
     finished_cap: usize,
     max_seq_seen: u64,
 }
@@ -63,7 +68,9 @@ impl Matcher {
             id,
             max_inflight,
             lost_after,
-            inflight: HashMap::with_capacity(max_inflight.min(64)),
+            // Usually one probe is in flight: grow on demand (64 preallocated slots per
+            // dueslag were 6 KB each, 60 MB at 10,000 dueslag).
+            inflight: HashMap::new(),
             finished: HashMap::new(),
             finished_order: VecDeque::new(),
             finished_cap: max_inflight * 4 + 16,
@@ -87,6 +94,7 @@ impl Matcher {
         timeout: Duration,
         out: &mut Vec<Outcome>,
     ) {
+        self.forget_old(now, out);
         while self.inflight.len() >= self.max_inflight {
             let Some(oldest) = self
                 .inflight
@@ -111,7 +119,7 @@ impl Matcher {
     /// The send of a probe failed: it ends as `send_error` unless it already arrived.
     pub fn send_failed(&mut self, besked_id: Uuid, reason: SendFailure, out: &mut Vec<Outcome>) {
         if self.inflight.remove(&besked_id).is_some() {
-            self.remember(besked_id, Finished::SendFailed, out);
+            self.remember(besked_id, Finished::SendFailed, Instant::now(), out);
             out.push(Outcome::Finished {
                 besked_id,
                 result: ProbeResult::SendError(reason),
@@ -143,7 +151,7 @@ impl Matcher {
                 // The sweep has not run yet: it is a timeout that arrived late.
                 out.push(finished(besked_id, ProbeResult::Timeout));
                 out.push(received(ReceivedKind::Late, besked_id));
-                self.remember(besked_id, Finished::Late, out);
+                self.remember(besked_id, Finished::Late, now, out);
             } else {
                 out.push(finished(
                     besked_id,
@@ -157,7 +165,7 @@ impl Matcher {
                     ReceivedKind::Matched
                 };
                 out.push(received(kind, besked_id));
-                self.remember(besked_id, Finished::Matched, out);
+                self.remember(besked_id, Finished::Matched, now, out);
             }
             out.push(Outcome::Inflight(self.inflight.len()));
             return;
@@ -168,13 +176,14 @@ impl Matcher {
             _ => ReceivedKind::Late,
         };
         if kind == ReceivedKind::Late {
-            self.remember(besked_id, Finished::Late, out);
+            self.remember(besked_id, Finished::Late, now, out);
         }
         out.push(received(kind, besked_id));
     }
 
     /// Times out probes past their deadline and declares lost those that never came.
     pub fn expire(&mut self, now: Instant, out: &mut Vec<Outcome>) {
+        self.forget_old(now, out);
         let due: Vec<Uuid> = self
             .inflight
             .iter()
@@ -220,22 +229,45 @@ impl Matcher {
                 Finished::TimedOut {
                     lost_at: now + self.lost_after,
                 },
+                now,
                 out,
             );
         }
     }
 
-    fn remember(&mut self, id: Uuid, f: Finished, out: &mut Vec<Outcome>) {
+    fn remember(&mut self, id: Uuid, f: Finished, now: Instant, out: &mut Vec<Outcome>) {
         if self.finished.insert(id, f).is_none() {
-            self.finished_order.push_back(id);
+            self.finished_order.push_back((id, now));
         }
         while self.finished_order.len() > self.finished_cap {
-            if let Some(old) = self.finished_order.pop_front()
-                && let Some(Finished::TimedOut { .. }) = self.finished.remove(&old)
-            {
-                // Forgotten before its grace ended: it never arrived.
-                out.push(Outcome::Lost { besked_id: old });
-            }
+            self.forget_front(out);
+        }
+    }
+
+    /// Forgets probes that finished more than [`MEMORY_FACTOR`] × `lost_after` ago, so the
+    /// memory of a dueslag holds minutes of probes, not `finished_cap` (which a dueslag
+    /// probing every 10 s would only reach after 45 minutes, at ~16 KB).
+    fn forget_old(&mut self, now: Instant, out: &mut Vec<Outcome>) {
+        let horizon = self.lost_after * MEMORY_FACTOR;
+        while self
+            .finished_order
+            .front()
+            .is_some_and(|(_, at)| *at + horizon <= now)
+        {
+            self.forget_front(out);
+        }
+        if self.finished_order.capacity() > 4 * self.finished_order.len().max(8) {
+            self.finished_order.shrink_to_fit();
+            self.finished.shrink_to_fit();
+        }
+    }
+
+    fn forget_front(&mut self, out: &mut Vec<Outcome>) {
+        if let Some((old, _)) = self.finished_order.pop_front()
+            && let Some(Finished::TimedOut { .. }) = self.finished.remove(&old)
+        {
+            // Forgotten before its grace ended: it never arrived.
+            out.push(Outcome::Lost { besked_id: old });
         }
     }
 }

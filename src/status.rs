@@ -20,7 +20,7 @@ pub const HISTORY: usize = 50;
 pub struct Entry {
     pub at: SystemTime,
     pub besked_id: Option<Uuid>,
-    pub result: String,
+    pub result: &'static str,
     pub reason: Option<String>,
     pub status_kode: Option<i32>,
     pub roundtrip: Option<Duration>,
@@ -94,13 +94,15 @@ impl Observer for DueslagStatus {
         let mut b = self.board.lock().unwrap();
         let now = SystemTime::now();
         let entry =
-            |besked_id, result: &str, reason: Option<String>, status_kode, roundtrip| Entry {
-                at: now,
-                besked_id,
-                result: result.to_string(),
-                reason,
-                status_kode,
-                roundtrip,
+            |besked_id, result: &'static str, reason: Option<String>, status_kode, roundtrip| {
+                Entry {
+                    at: now,
+                    besked_id,
+                    result,
+                    reason,
+                    status_kode,
+                    roundtrip,
+                }
             };
         match outcome {
             Outcome::Finished {
