@@ -200,6 +200,8 @@ impl DueslagProbe {
 
     /// Classifies an arrival. Never logs the body: it may hold business data.
     pub fn on_arrival(&self, body: &[u8], envelope: Envelope) -> Verdict {
+        // The arrival time, before parsing: the round trip must not include our own work.
+        let arrived = Instant::now();
         let parsed = match envelope {
             Envelope::Haendelsesbesked => message::parse_haendelsesbesked(body),
             Envelope::ModtagBeskedInput => message::parse_modtag_besked_input(body),
@@ -211,7 +213,7 @@ impl DueslagProbe {
                 self.matcher.lock().unwrap().arrive(
                     m.besked_id,
                     m.probe.as_ref(),
-                    Instant::now(),
+                    arrived,
                     &mut out,
                 );
                 self.emit(out);
