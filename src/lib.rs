@@ -1,5 +1,6 @@
 //! bfo-alive-exporter: probes KOMBIT Beskedfordeler dueslag with AliveBesked round trips.
 pub mod backend;
+pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod diagnose;

@@ -1,0 +1,139 @@
+//! The exporter under test as a separate process: spawned from the release binary with a
+//! generated configuration on a free loopback port, measured through `/proc/PID` (CPU
+//! time from `stat`, resident and peak resident memory from `status`), scraped over HTTP,
+//! and killed by its PID when done.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A running exporter process.
+pub struct Exporter {
+    child: Child,
+    pub pid: u32,
+    pub base: String,
+    http: reqwest::Client,
+}
+
+/// A port free on loopback right now.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+/// The `bfo-alive-exporter` binary next to this one (both are built by `cargo build --release`).
+pub fn default_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.parent().map(|d| d.join("bfo-alive-exporter")))
+        .unwrap_or_else(|| PathBuf::from("target/release/bfo-alive-exporter"))
+}
+
+impl Exporter {
+    /// Writes `config` to `dir/NAME.toml`, starts the exporter on it and waits until it
+    /// answers `/-/ready` (every dueslag is started before the listener serves).
+    pub async fn spawn(bin: &Path, dir: &Path, name: &str, config: &str) -> anyhow::Result<Self> {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, config)?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let port = free_port()?;
+        let child = Command::new(bin)
+            .arg("--config.file")
+            .arg(&cfg)
+            .arg("--web.listen-address")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--log.level")
+            .arg("warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let pid = child.id();
+        let mut me = Exporter {
+            child,
+            pid,
+            base: format!("http://127.0.0.1:{port}"),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()?,
+        };
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(status) = me.child.try_wait()? {
+                bail!("the exporter exited during start-up ({status}); see {name}.log");
+            }
+            let ok = me
+                .http
+                .get(format!("{}/-/ready", me.base))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return Ok(me);
+            }
+            if Instant::now() > deadline {
+                bail!("the exporter did not become ready within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// User + system CPU seconds so far.
+    pub fn cpu_seconds(&self) -> f64 {
+        procfs::process::Process::new(self.pid as i32)
+            .and_then(|p| p.stat())
+            .map_or(0.0, |s| {
+                (s.utime + s.stime) as f64 / procfs::ticks_per_second() as f64
+            })
+    }
+
+    /// (VmRSS, VmHWM) in bytes.
+    pub fn memory(&self) -> (u64, u64) {
+        procfs::process::Process::new(self.pid as i32)
+            .and_then(|p| p.status())
+            .map_or((0, 0), |s| {
+                (s.vmrss.unwrap_or(0) * 1024, s.vmhwm.unwrap_or(0) * 1024)
+            })
+    }
+
+    /// GET /metrics: the body and how long the whole request took.
+    pub async fn scrape(&self) -> anyhow::Result<(String, Duration)> {
+        let t = Instant::now();
+        let body = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .await?
+            .error_for_status()?
+            .text()
+            .await?;
+        Ok((body, t.elapsed()))
+    }
+
+    /// True while the process runs.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Kills the process (by its PID, through the handle) and reaps it.
+    pub fn stop(mut self) {
+        self.kill();
+    }
+
+    fn kill(&mut self) {
+        if self.alive() {
+            let _ = self.child.kill();
+        }
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Exporter {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
