@@ -15,7 +15,9 @@ struct Reaper(u32);
 impl Drop for Reaper {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let _ = Command::new("kill").args(["-KILL", &self.0.to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-KILL", &self.0.to_string()])
+                .status();
         }
     }
 }

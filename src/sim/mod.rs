@@ -266,21 +266,36 @@ impl Simulator {
             .is_some_and(|s| faults::in_outage(&s.faults, self.started.elapsed()))
     }
 
+    /// Delivers after `delay`, counted from now (the Afsend call), not from when a task
+    /// gets to run; with no delay, at once and in order.
     fn schedule(self: &Arc<Self>, target: Target, body: Bytes, delay: Duration) {
+        if delay.is_zero() {
+            self.deliver_with_reordered(&target, body);
+            return;
+        }
+        let due = Instant::now() + delay;
         let me = self.clone();
         let stop = self.stop.clone();
         tokio::spawn(async move {
             tokio::select! {
                 _ = stop.cancelled() => {}
-                _ = tokio::time::sleep(delay) => {
-                    me.sink.deliver(&target, body);
-                    let held = me.slots.lock().unwrap().get_mut(&target.name).and_then(|s| s.reordered.take());
-                    if let Some(h) = held {
-                        me.sink.deliver(&target, h);
-                    }
-                }
+                _ = tokio::time::sleep_until(due) => me.deliver_with_reordered(&target, body),
             }
         });
+    }
+
+    /// Delivers a message, then the one held back behind it (reordering), if any.
+    fn deliver_with_reordered(&self, target: &Target, body: Bytes) {
+        self.sink.deliver(target, body);
+        let held = self
+            .slots
+            .lock()
+            .unwrap()
+            .get_mut(&target.name)
+            .and_then(|s| s.reordered.take());
+        if let Some(h) = held {
+            self.sink.deliver(target, h);
+        }
     }
 }
 
