@@ -196,7 +196,7 @@ pub fn render_index(dueslag: &[Snapshot], version: &str) -> String {
             .filter(|e| e.result != "success" && e.result != "send_failure")
             .take(5)
             .map(|e| {
-                let mut s = escape(&e.result);
+                let mut s = escape(e.result);
                 if let Some(r) = &e.reason {
                     let _ = write!(s, " ({})", escape(r));
                 }
@@ -244,7 +244,7 @@ pub fn render_history(d: &Snapshot) -> String {
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             format_time(e.at),
             e.besked_id.map(|i| i.to_string()).unwrap_or_default(),
-            escape(&e.result),
+            escape(e.result),
             escape(e.reason.as_deref().unwrap_or("")),
             e.status_kode.map(|c| c.to_string()).unwrap_or_default(),
             millis(e.roundtrip),
