@@ -113,6 +113,7 @@ fn init_logging(level: &str, format: LogFormat) -> Result<(), String> {
 
 /// Parses the command line and runs; the process exit code.
 pub fn main() -> ExitCode {
+    crate::allocator::tune();
     let cli = Cli::parse();
     if let Err(e) = init_logging(&cli.log_level, cli.log_format) {
         eprintln!("{e}");

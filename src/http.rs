@@ -18,8 +18,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
 use crate::config::Mode;
+use crate::exposition;
 use crate::message::{StandardRetur, build_modtag_besked_output};
-use crate::metrics::{Metrics, VERSION};
+use crate::metrics::{Format, Metrics, VERSION};
 use crate::outcome::{Outcome, ReceivedKind};
 use crate::probe::{Envelope, Verdict};
 use crate::protocol::{SCRAPE_TIMEOUT_HEADER, status};
@@ -69,22 +70,13 @@ pub fn push_router(state: AppState) -> Router {
 }
 
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let wants_openmetrics = headers
-        .get(header::ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.contains("application/openmetrics-text"));
-    let (body, ctype) = if wants_openmetrics {
-        (
-            s.metrics.render_openmetrics(),
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )
-    } else {
-        (
-            s.metrics.render_text(),
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        )
-    };
-    ([(header::CONTENT_TYPE, ctype)], body).into_response()
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    let format = Format::negotiate(accept);
+    (
+        [(header::CONTENT_TYPE, format.content_type())],
+        exposition::body(s.metrics.clone(), format),
+    )
+        .into_response()
 }
 
 async fn index(State(s): State<AppState>) -> Html<String> {

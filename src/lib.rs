@@ -1,10 +1,12 @@
 //! bfo-alive-exporter: probes KOMBIT Beskedfordeler dueslag with AliveBesked round trips.
+pub mod allocator;
 pub mod backend;
 pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod diagnose;
 pub mod emulator;
+pub mod exposition;
 pub mod http;
 pub mod matcher;
 pub mod message;

@@ -5,6 +5,7 @@ mod common;
 
 use std::time::Duration;
 
+use bfo_alive_exporter::metrics::Format;
 use common::*;
 
 fn config(dueslag: &str) -> String {
@@ -541,7 +542,7 @@ async fn graceful_stop_waits_for_inflight_probes() {
     .await;
     let metrics = s.metrics.clone();
     wait_for(Duration::from_secs(10), || async {
-        let t = metrics.render_text();
+        let t = metrics.render(Format::Text);
         match value(&t, r#"bfo_alive_inflight{dueslag="p"}"#) {
             Some(v) if v >= 1.0 => Ok(()),
             v => Err(format!("inflight {v:?}")),
@@ -549,7 +550,7 @@ async fn graceful_stop_waits_for_inflight_probes() {
     })
     .await;
     s.stop().await;
-    let t = metrics.render_text();
+    let t = metrics.render(Format::Text);
     assert_eq!(value(&t, r#"bfo_alive_inflight{dueslag="p"}"#), Some(0.0));
     let success = value(
         &t,

@@ -11,9 +11,10 @@
 pub mod faults;
 pub mod push;
 pub mod queue;
+pub mod timer;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,6 +31,7 @@ use crate::protocol::status;
 use faults::Fate;
 use push::Redelivery;
 use queue::SimQueue;
+use timer::DeliveryTimer;
 
 /// A dueslag as the Beskedfordeler knows it.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,11 +100,16 @@ pub struct Simulator {
     slots: Mutex<HashMap<String, Slot>>,
     rng: Mutex<StdRng>,
     stop: CancellationToken,
+    timer: DeliveryTimer,
 }
 
 impl Simulator {
+    /// Must be called inside a tokio runtime: deliveries run in its context.
     pub fn new(sink: Arc<dyn Sink>, stop: CancellationToken) -> Arc<Self> {
+        let timer = DeliveryTimer::start(tokio::runtime::Handle::current())
+            .expect("cannot start the simulator's timer thread");
         Arc::new(Simulator {
+            timer,
             started: Instant::now(),
             sink,
             slots: Mutex::new(HashMap::new()),
@@ -273,13 +280,10 @@ impl Simulator {
             self.deliver_with_reordered(&target, body);
             return;
         }
-        let due = Instant::now() + delay;
-        let me = self.clone();
-        let stop = self.stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop.cancelled() => {}
-                _ = tokio::time::sleep_until(due) => me.deliver_with_reordered(&target, body),
+        let me: Weak<Self> = Arc::downgrade(self);
+        self.timer.at(std::time::Instant::now() + delay, move || {
+            if let Some(me) = me.upgrade().filter(|m| !m.stop.is_cancelled()) {
+                me.deliver_with_reordered(&target, body);
             }
         });
     }
