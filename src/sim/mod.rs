@@ -265,6 +265,14 @@ impl Simulator {
             .map(|s| s.target.name.clone())
     }
 
+    /// True when the dueslag has outage windows at all.
+    pub fn has_outages(&self, name: &str) -> bool {
+        let slots = self.slots.lock().unwrap();
+        slots
+            .get(name)
+            .is_some_and(|s| !s.faults.outages.is_empty())
+    }
+
     /// True while the dueslag is in one of its outage windows.
     pub fn in_outage(&self, name: &str) -> bool {
         let slots = self.slots.lock().unwrap();
