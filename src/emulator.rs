@@ -283,21 +283,32 @@ async fn declare(channel: &Channel, cfg: &EmulatorConfig) -> lapin::Result<()> {
         )
         .await?;
     for q in cfg.dueslag.iter().filter_map(|d| d.queue.as_deref()) {
-        let error_queue = format!("{q}.error");
-        channel
-            .queue_declare(error_queue.as_str().into(), durable, FieldTable::default())
-            .await?;
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(error_queue.into()),
-        );
-        channel.queue_declare(q.into(), durable, args).await?;
+        declare_dueslag_queue(channel, q).await?;
     }
+    Ok(())
+}
+
+/// Declares a pull dueslag's durable queue and its error queue `<queue>.error`, where a
+/// message rejected without requeue is dead-lettered, as the Beskedfordeler sets them up.
+pub async fn declare_dueslag_queue(channel: &Channel, queue: &str) -> lapin::Result<()> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let error_queue = format!("{queue}.error");
+    channel
+        .queue_declare(error_queue.as_str().into(), durable, FieldTable::default())
+        .await?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-dead-letter-exchange".into(),
+        AMQPValue::LongString("".into()),
+    );
+    args.insert(
+        "x-dead-letter-routing-key".into(),
+        AMQPValue::LongString(error_queue.into()),
+    );
+    channel.queue_declare(queue.into(), durable, args).await?;
     Ok(())
 }
 

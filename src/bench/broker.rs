@@ -24,7 +24,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
     ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use lapin::{BasicProperties, Channel, ExchangeKind};
 use rand::Rng;
 use serde::Serialize;
@@ -339,19 +339,7 @@ async fn baseline(
     )
     .await?;
     for (_, q) in names(r.dueslag) {
-        let eq = format!("{q}.error");
-        ch.queue_declare(eq.as_str().into(), durable, FieldTable::default())
-            .await?;
-        let mut args = FieldTable::default();
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString("".into()),
-        );
-        args.insert(
-            "x-dead-letter-routing-key".into(),
-            AMQPValue::LongString(eq.into()),
-        );
-        ch.queue_declare(q.as_str().into(), durable, args).await?;
+        emulator::declare_dueslag_queue(&ch, &q).await?;
     }
     let stop = CancellationToken::new();
     let _guard = stop.clone().drop_guard();

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 use super::child::Exporter;
 use super::stats::{self, Buckets};
+use crate::outcome::{ProbeResult, ReceivedKind};
 
 const ANVENDER: &str = "cf12c051-39ce-4066-ba11-704b46fa23c4";
 const MB: f64 = 1024.0 * 1024.0;
@@ -382,20 +383,9 @@ pub async fn soak(
         received: by_label(
             "bfo_alive_received_total",
             "kind",
-            &[
-                "matched",
-                "late",
-                "duplicate",
-                "out_of_order",
-                "foreign",
-                "unexpected",
-            ],
+            &ReceivedKind::ALL.map(ReceivedKind::as_str),
         ),
-        results: by_label(
-            "bfo_alive_probes_total",
-            "result",
-            &["success", "timeout", "send_error"],
-        ),
+        results: by_label("bfo_alive_probes_total", "result", &ProbeResult::LABELS),
         lost: stats::sum(&last_text, "bfo_alive_lost_total", |_| true),
         cpu_share_of_one_core: cpu / elapsed,
         checkpoints,
