@@ -201,6 +201,9 @@ async fn run(cli: Cli) -> ExitCode {
         shard: cli.shard,
         probe_loops: true,
     };
+    // Before the server answers anything: a SIGTERM right after the first scrape stops it
+    // gracefully instead of killing it.
+    let signalled = terminated();
     let server = match server::start(opts).await {
         Ok(s) => s,
         Err(e) => {
@@ -221,7 +224,7 @@ async fn run(cli: Cli) -> ExitCode {
     }
     let stop = server.shutdown_token();
     tokio::spawn(async move {
-        terminated().await;
+        signalled.await;
         stop.cancel();
     });
     server.wait().await;
@@ -238,8 +241,9 @@ async fn emulate(path: &std::path::Path) -> ExitCode {
     };
     let stop = tokio_util::sync::CancellationToken::new();
     let s = stop.clone();
+    let signalled = terminated();
     tokio::spawn(async move {
-        terminated().await;
+        signalled.await;
         s.cancel();
     });
     match crate::emulator::run(cfg, stop, None).await {
@@ -259,17 +263,23 @@ fn display_addr(a: std::net::SocketAddr) -> String {
     }
 }
 
-/// SIGINT or SIGTERM.
-async fn terminated() {
+/// Resolves on SIGINT or SIGTERM. The handlers are installed before this returns, so a
+/// signal that comes before the future is first polled is still seen.
+fn terminated() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+        let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+        async move {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
         }
     }
     #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
+    async {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

@@ -164,6 +164,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
     };
     let shutdown = CancellationToken::new();
     let http_stop = CancellationToken::new();
+    let hup = hangups();
     let mut servers = vec![serve(
         main,
         http::router(state.clone(), push_listener.is_none()),
@@ -189,6 +190,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
             probe_endpoint,
             http_stop,
             servers,
+            hup,
         }
         .run(),
     );
@@ -228,6 +230,7 @@ struct Control {
     probe_endpoint: Arc<AtomicBool>,
     http_stop: CancellationToken,
     servers: Vec<JoinHandle<()>>,
+    hup: mpsc::Receiver<()>,
 }
 
 impl Control {
@@ -242,8 +245,8 @@ impl Control {
             probe_endpoint,
             http_stop,
             servers,
+            mut hup,
         } = self;
-        let mut hup = hangups();
         loop {
             let reply = tokio::select! {
                 _ = shutdown.cancelled() => break,
@@ -281,21 +284,29 @@ impl Control {
     }
 }
 
-/// SIGHUP as a stream of reload requests (never fires where there are no signals).
+/// SIGHUP as a stream of reload requests (never fires where there are no signals). The
+/// handler is installed before this returns, so call it before serving: a SIGHUP that comes
+/// after the first scrape must reload, not kill the process (the default action).
 fn hangups() -> mpsc::Receiver<()> {
     let (tx, rx) = mpsc::channel(1);
     #[cfg(unix)]
-    tokio::spawn(async move {
+    {
         use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut s) = signal(SignalKind::hangup()) else {
-            return;
-        };
-        while s.recv().await.is_some() {
-            if tx.send(()).await.is_err() {
-                return;
+        match signal(SignalKind::hangup()) {
+            Ok(mut s) => {
+                tokio::spawn(async move {
+                    while s.recv().await.is_some() {
+                        if tx.send(()).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "no SIGHUP handler; reload with POST /-/reload");
             }
         }
-    });
+    }
     #[cfg(not(unix))]
     drop(tx);
     rx
