@@ -34,7 +34,7 @@ scripts/rabbitmq.sh start "$broker_dir"
 export BFO_TEST_AMQP_ENV="$broker_dir/env"
 
 echo "== cargo test"
-cargo test --locked 2>&1
+cargo test --workspace --locked 2>&1
 
 echo "== operations checks"
 cargo build --locked --bin bfo-alive-exporter

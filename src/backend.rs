@@ -8,11 +8,12 @@ use tokio_util::sync::CancellationToken;
 use std::time::Duration;
 
 use crate::config::{AuthKind, BackendKind, BrokerTls, Config, DueslagSpec, TokenSourceKind};
-use crate::metrics::{Metrics, Role};
+use crate::metrics::Metrics;
+use crate::protocol::Service;
 use crate::sim::{self, LocalSink, Simulator};
 use crate::tls;
 use crate::token::{
-    Service, StsClient, StsConfig, TokenCallbacks, TokenManager, TokenManagerConfig, TokenSource,
+    StsClient, StsConfig, TokenCallbacks, TokenManager, TokenManagerConfig, TokenSource,
 };
 use crate::transport::Backend;
 use crate::transport::amqp::{AmqpAfhenter, AmqpAfsender, Link, Settings};
@@ -42,7 +43,7 @@ pub async fn build(config: &Config, metrics: &Metrics) -> Result<Built, String> 
             let sink = LocalSink::new(stop.clone());
             let simulator = Simulator::new(sink.clone(), stop.clone());
             let prefetch = config.broker.as_ref().map_or(20, |b| b.prefetch);
-            for role in Role::ALL {
+            for role in Service::ALL {
                 metrics.set_connection_up(role, true);
             }
             Ok(Built {
@@ -61,13 +62,6 @@ pub async fn build(config: &Config, metrics: &Metrics) -> Result<Built, String> 
             })
         }
         BackendKind::Amqp => build_amqp(config, metrics, stop),
-    }
-}
-
-fn role(service: Service) -> Role {
-    match service {
-        Service::Afsend => Role::Afsend,
-        Service::Afhent => Role::Afhent,
     }
 }
 
@@ -105,10 +99,10 @@ pub fn tokens(
     };
     let (m1, m2) = (metrics.clone(), metrics.clone());
     let callbacks = TokenCallbacks {
-        on_expiry: Arc::new(move |s, at| m1.set_token_expiry(role(s), at)),
+        on_expiry: Arc::new(move |s, at| m1.set_token_expiry(s, at)),
         on_failure: Arc::new(move |s, e| {
             tracing::warn!(service = s.as_str(), error = %e, "token renewal failed");
-            m2.token_renewal_failed(role(s));
+            m2.token_renewal_failed(s);
         }),
     };
     let cfg = TokenManagerConfig {
@@ -150,8 +144,8 @@ fn build_amqp(
         prefetch: broker.prefetch,
         metrics: metrics.clone(),
     };
-    let afsend = Link::new(Role::Afsend, settings.clone());
-    let afhent = Link::new(Role::Afhent, settings);
+    let afsend = Link::new(Service::Afsend, settings.clone());
+    let afhent = Link::new(Service::Afhent, settings);
     tokio::spawn(afsend.clone().watch(stop.clone()));
     tokio::spawn(afhent.clone().watch(stop.clone()));
     Ok(Built {

@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{AuthKind, BackendKind, BrokerTls, Config, mask_url};
 use crate::metrics::Metrics;
-use crate::sasl::{self, AuthChoice};
+use crate::protocol::Service;
 use crate::server::{self, ConfigSource, Options};
 use crate::tls::{self, CertSummary};
-use crate::token::Service;
 use crate::trace::{Trace, hints};
+use crate::transport::amqp::connect::{self as sasl, AuthChoice};
 
 /// What to probe.
 #[derive(Debug, Clone)]

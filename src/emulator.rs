@@ -27,11 +27,11 @@ use uuid::Uuid;
 use crate::config::{ConfigError, Faults, Mode};
 use crate::message::{StandardRetur, build_standard_retur, parse_haendelsesbesked};
 use crate::protocol::{AFSEND_EXCHANGE, CVR_URN_PREFIX, TOKEN_HEADER, status};
-use crate::sasl::{self, AuthChoice};
 use crate::sim::push::Redelivery;
 use crate::sim::{AfsendAnswer, Simulator, Sink, Target, push};
 use crate::tls::ClientTlsFiles;
 use crate::token::Token;
+use crate::transport::amqp::connect::{self as sasl, AuthChoice};
 
 /// The queue bound to the afsend exchange that the emulator consumes.
 pub const AFSEND_QUEUE: &str = "AFSEND_BESKED_QUEUE";

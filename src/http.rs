@@ -6,7 +6,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use axum::body::{Body, to_bytes};
 use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
@@ -17,13 +16,10 @@ use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::config::Mode;
 use crate::exposition;
-use crate::message::{StandardRetur, build_modtag_besked_output};
 use crate::metrics::{Format, Metrics, VERSION};
-use crate::outcome::{Outcome, ReceivedKind};
-use crate::probe::{Envelope, Verdict};
-use crate::protocol::{SCRAPE_TIMEOUT_HEADER, status};
+use crate::protocol::SCRAPE_TIMEOUT_HEADER;
+use crate::receive;
 use crate::status::{render_history, render_index};
 use crate::supervisor::Registry;
 use crate::trace::Trace;
@@ -61,7 +57,7 @@ pub fn router(state: AppState, with_push: bool) -> Router {
 }
 
 fn push_routes() -> Router<AppState> {
-    Router::new().route("/push/{dueslag}", post(push))
+    Router::new().route("/push/{dueslag}", post(receive::push::handle))
 }
 
 /// The push endpoint alone, for its own listener.
@@ -216,56 +212,4 @@ async fn probe(
         body,
     )
         .into_response()
-}
-
-fn xml(code: StatusCode, retur: StandardRetur) -> Response {
-    (
-        code,
-        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
-        build_modtag_besked_output(&retur),
-    )
-        .into_response()
-}
-
-/// BeskedFåTilsendt: answers 20 only after the Alive message is recorded; anything else
-/// gets a non-20 StatusKode so the Beskedfordeler keeps the message.
-async fn push(State(s): State<AppState>, Path(name): Path<String>, body: Body) -> Response {
-    let Some(running) = s
-        .registry
-        .get(&name)
-        .filter(|r| r.probe.spec.mode == Mode::Push)
-    else {
-        return xml(
-            StatusCode::NOT_FOUND,
-            StandardRetur::error(
-                status::NOT_FOUND,
-                format!("no push dueslag named {name:?} here"),
-            ),
-        );
-    };
-    let bytes = match to_bytes(body, s.max_body).await {
-        Ok(b) => b,
-        Err(e) => {
-            let why = format!("body refused (limit {} bytes): {e}", s.max_body);
-            running.probe.observe(Outcome::Received {
-                kind: ReceivedKind::Unexpected,
-                besked_id: None,
-                detail: Some(why.clone()),
-            });
-            return xml(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                StandardRetur::error(status::INVALID_INPUT, why),
-            );
-        }
-    };
-    match running
-        .probe
-        .on_arrival(&bytes, Envelope::ModtagBeskedInput)
-    {
-        Verdict::Take => xml(StatusCode::OK, StandardRetur::ok()),
-        Verdict::Refuse(why) => xml(
-            StatusCode::BAD_REQUEST,
-            StandardRetur::error(status::INVALID_INPUT, why),
-        ),
-    }
 }

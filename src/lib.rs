@@ -1,7 +1,6 @@
 //! bfo-alive-exporter: probes KOMBIT Beskedfordeler dueslag with AliveBesked round trips.
 pub mod allocator;
 pub mod backend;
-pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod diagnose;
@@ -15,8 +14,7 @@ pub mod outcome;
 pub mod probe;
 pub mod process;
 pub mod protocol;
-pub mod receiver;
-pub mod sasl;
+pub mod receive;
 pub mod secret;
 pub mod send;
 pub mod server;

@@ -20,6 +20,7 @@ use prometheus_client::registry::{Registry, Unit};
 use crate::config::Mode;
 use crate::outcome::{Observer, Outcome, ProbeResult, ReceivedKind, SendFailure};
 use crate::process::ProcessCollector;
+use crate::protocol::Service;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DueslagLabel {
@@ -91,24 +92,6 @@ impl MetricConstructor<Latency> for Buckets {
 const SEND_BUCKETS: [f64; 12] = [
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
-
-/// The two broker connections.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Afsend,
-    Afhent,
-}
-
-impl Role {
-    pub const ALL: [Role; 2] = [Role::Afsend, Role::Afhent];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Role::Afsend => "afsend",
-            Role::Afhent => "afhent",
-        }
-    }
-}
 
 /// Every family of the contract. Cheap to clone (all handles are shared).
 #[derive(Clone)]
@@ -268,7 +251,7 @@ impl Metrics {
             "Version and revision of the exporter.",
             build,
         );
-        for s in Role::ALL {
+        for s in Service::ALL {
             let _ = m.token_expiry.get_or_create(&ServiceLabel {
                 service: s.as_str(),
             });
@@ -329,7 +312,7 @@ impl Metrics {
             family.remove(&k.dl);
         }
     }
-    pub fn set_connection_up(&self, role: Role, up: bool) {
+    pub fn set_connection_up(&self, role: Service, up: bool) {
         self.connection_up
             .get_or_create(&ConnectionLabel {
                 connection: role.as_str(),
@@ -337,7 +320,7 @@ impl Metrics {
             .set(i64::from(up));
     }
 
-    pub fn set_token_expiry(&self, role: Role, expiry: Option<SystemTime>) {
+    pub fn set_token_expiry(&self, role: Service, expiry: Option<SystemTime>) {
         self.token_expiry
             .get_or_create(&ServiceLabel {
                 service: role.as_str(),
@@ -345,7 +328,7 @@ impl Metrics {
             .set(expiry.map_or(0.0, unix_seconds));
     }
 
-    pub fn token_renewal_failed(&self, role: Role) {
+    pub fn token_renewal_failed(&self, role: Service) {
         self.token_renewal_failures
             .get_or_create(&ServiceLabel {
                 service: role.as_str(),

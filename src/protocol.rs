@@ -59,3 +59,39 @@ pub fn service_entity_id(bfo_host: &str, service: &str) -> String {
 
 /// Header the Prometheus server sends with its scrape timeout.
 pub const SCRAPE_TIMEOUT_HEADER: &str = "X-Prometheus-Scrape-Timeout-Seconds";
+
+/// The two Beskedfordeler services the exporter uses: one token, one AMQP connection and
+/// one label value (`service`, `connection`) each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// Sending (AMQP publish to the afsend exchange).
+    Afsend,
+    /// Receiving (pull consumer on a dueslag).
+    Afhent,
+}
+
+impl Service {
+    pub const ALL: [Service; 2] = [Service::Afsend, Service::Afhent];
+
+    /// The metric label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Afsend => "afsend",
+            Service::Afhent => "afhent",
+        }
+    }
+
+    /// A dense index, for per-service arrays.
+    pub fn index(self) -> usize {
+        match self {
+            Service::Afsend => 0,
+            Service::Afhent => 1,
+        }
+    }
+}
+
+impl std::fmt::Display for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

@@ -16,7 +16,7 @@ use crate::config::{Config, DueslagSpec, Mode};
 use crate::metrics::Metrics;
 use crate::outcome::{Fanout, Observer};
 use crate::probe::{self, DueslagProbe, ProbeContext};
-use crate::receiver;
+use crate::receive::pull as receiver;
 use crate::shard::Shard;
 use crate::status::DueslagStatus;
 use crate::transport::Afsender;

@@ -7,7 +7,7 @@
 //! How each consumer uses it:
 //! - **AMQP (lapin 4)**: lapin's own TLS entry point takes an `OwnedTLSConfig` (PEM/PKCS#12
 //!   bytes) and builds its own rustls config, with its own root store selection and
-//!   error messages. Instead, [`crate::sasl::connect`] hands lapin a transport through
+//!   error messages. Instead, [`crate::transport::amqp::connect::connect`] hands lapin a transport through
 //!   `lapin::Connection::connector`: it opens the TCP stream and, for `amqps://`, wraps it
 //!   with `lapin::tcp::RustlsConnector::from(Arc<rustls::ClientConfig>)` built by
 //!   [`client_config`]. The same closure is used again when lapin reconnects. This needs

@@ -12,9 +12,9 @@ use std::time::Duration;
 
 mod common;
 
-use bfo_alive_exporter::sasl::{AuthChoice, connect};
 use bfo_alive_exporter::tls::{self, ClientTlsFiles};
 use bfo_alive_exporter::token::{Token, TokenSlot};
+use bfo_alive_exporter::transport::amqp::connect::{AuthChoice, connect};
 use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};

@@ -8,7 +8,7 @@ use bfo_alive_exporter::config::{Config, Unexpected};
 use bfo_alive_exporter::message::build_business_message;
 use bfo_alive_exporter::outcome::{Observer, Outcome, ReceivedKind, Recorder};
 use bfo_alive_exporter::probe::{self, DueslagProbe, ProbeContext};
-use bfo_alive_exporter::receiver;
+use bfo_alive_exporter::receive::pull as receiver;
 use bfo_alive_exporter::sim::{self, LocalSink, Simulator};
 use bfo_alive_exporter::transport::sim::{SimAfhenter, SimAfsender};
 use bytes::Bytes;

@@ -65,39 +65,7 @@ pub mod sts {
     pub const SAML_NOT_ON_OR_AFTER: &str = "NotOnOrAfter";
 }
 
-/// The BFO services a token is issued for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Service {
-    /// Sending (AMQP publish to the afsend exchange).
-    Afsend,
-    /// Receiving (pull consumer on a dueslag).
-    Afhent,
-}
-
-impl Service {
-    pub const ALL: [Service; 2] = [Service::Afsend, Service::Afhent];
-
-    /// The metric label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Service::Afsend => "afsend",
-            Service::Afhent => "afhent",
-        }
-    }
-
-    fn index(self) -> usize {
-        match self {
-            Service::Afsend => 0,
-            Service::Afhent => 1,
-        }
-    }
-}
-
-impl fmt::Display for Service {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::protocol::Service;
 
 /// What went wrong getting a token. Never contains token text.
 #[derive(Debug, thiserror::Error)]
@@ -727,7 +695,7 @@ impl TokenManager {
         TokenManager { inner }
     }
 
-    /// The slot of `service`, for [`crate::sasl::TokenExternalAuth`] and the `token` header.
+    /// The slot of `service`, for [`crate::transport::amqp::connect::TokenExternalAuth`] and the `token` header.
     pub fn slot(&self, service: Service) -> TokenSlot {
         self.inner.slots[service.index()].clone()
     }

@@ -33,8 +33,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::child::Exporter;
 use super::stats::{self, Buckets};
-use crate::emulator::{self, EmulatorConfig};
-use crate::sasl::{self, AuthChoice};
+use bfo_alive_exporter::emulator::{self, EmulatorConfig};
 
 const ANVENDER: &str = "cf12c051-39ce-4066-ba11-704b46fa23c4";
 const DIRECT_REPLY_TO: &str = "amq.rabbitmq.reply-to";
@@ -310,7 +309,8 @@ async fn baseline(
     interval: Duration,
     rate: f64,
 ) -> anyhow::Result<Step> {
-    let connect = || sasl::connect(url, None, AuthChoice::Plain);
+    // Plain AMQP with PLAIN auth: the baseline is lapin and nothing of the exporter.
+    let connect = || lapin::Connection::connect(url, lapin::ConnectionProperties::default());
     let (send_conn, relay_conn, recv_conn) = (connect().await?, connect().await?, connect().await?);
     // The topology, as the emulator declares it.
     let ch = relay_conn.create_channel().await?;
@@ -362,11 +362,11 @@ async fn baseline(
         )));
     }
     // A body the size of an Alive message.
-    let size = crate::message::build_alive(&crate::message::AliveSpec {
+    let size = bfo_alive_exporter::message::build_alive(&bfo_alive_exporter::message::AliveSpec {
         besked_id: uuid::Uuid::new_v4(),
         anvendersystem: uuid::Uuid::new_v4(),
         cvr: "29189846",
-        payload: &crate::message::ProbePayload {
+        payload: &bfo_alive_exporter::message::ProbePayload {
             instance: "bench".into(),
             run: uuid::Uuid::new_v4(),
             dueslag: "b00001".into(),

@@ -11,7 +11,7 @@ use serde::Serialize;
 
 use super::child::Exporter;
 use super::stats::{self, Buckets};
-use crate::outcome::{ProbeResult, ReceivedKind};
+use bfo_alive_exporter::outcome::{ProbeResult, ReceivedKind};
 
 const ANVENDER: &str = "cf12c051-39ce-4066-ba11-704b46fa23c4";
 const MB: f64 = 1024.0 * 1024.0;

@@ -11,11 +11,11 @@
 //! It prints a table, and writes `report.txt` and `report.json` (plus every generated
 //! configuration and exporter log) to `--out`. It reports; it asserts nothing.
 
-pub mod broker;
-pub mod child;
-pub mod report;
-pub mod scale;
-pub mod stats;
+mod broker;
+mod child;
+mod report;
+mod scale;
+mod stats;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -83,7 +83,7 @@ pub struct Args {
     pub rabbitmq_script: PathBuf,
 }
 
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let args = Args::parse();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -119,7 +119,7 @@ fn machine() -> String {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    crate::tls::install_crypto_provider();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let stamp = time::OffsetDateTime::now_utc();
     let dir = args.out.join(
         stamp

@@ -11,6 +11,8 @@
 //! StandardRetur whose correlation id matches. A `basic.return` is "unroutable".
 //! Afhent: `basic.consume` with manual ack and `prefetch` on the dueslag's queue.
 
+pub mod connect;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -28,12 +30,14 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use self::connect as sasl;
+use self::connect::AuthChoice;
 use super::{Afhenter, Afsender, AttemptError, Delivery, DeliveryHandle, Outgoing, PullConsumer};
 use crate::message::{StandardRetur, parse_standard_retur};
-use crate::metrics::{Metrics, Role};
+use crate::metrics::Metrics;
+use crate::protocol::Service;
 use crate::protocol::{AFSEND_EXCHANGE, AFSEND_ROUTING_KEY, DIRECT_REPLY_TO, TOKEN_HEADER};
-use crate::sasl::{self, AuthChoice};
-use crate::token::{Service, TokenManager};
+use crate::token::TokenManager;
 
 /// How long a 41 waits for the token source to produce a new token.
 const RENEW_WAIT: Duration = Duration::from_secs(30);
@@ -54,13 +58,6 @@ pub struct Settings {
     pub metrics: Metrics,
 }
 
-fn service(role: Role) -> Service {
-    match role {
-        Role::Afsend => Service::Afsend,
-        Role::Afhent => Service::Afhent,
-    }
-}
-
 struct LinkState {
     conn: Option<Arc<Connection>>,
     /// Bumped at every new connection; channels remember the one they were made on.
@@ -71,13 +68,13 @@ struct LinkState {
 
 /// One role's connection.
 pub struct Link {
-    role: Role,
+    role: Service,
     settings: Settings,
     state: tokio::sync::Mutex<LinkState>,
 }
 
 impl Link {
-    pub fn new(role: Role, settings: Settings) -> Arc<Self> {
+    pub fn new(role: Service, settings: Settings) -> Arc<Self> {
         settings.metrics.set_connection_up(role, false);
         Arc::new(Link {
             role,
@@ -112,7 +109,7 @@ impl Link {
             ));
         }
         let auth = match (&self.settings.tokens, self.settings.external) {
-            (Some(m), true) => AuthChoice::External(m.slot(service(self.role))),
+            (Some(m), true) => AuthChoice::External(m.slot(self.role)),
             _ => AuthChoice::Plain,
         };
         match sasl::connect(&self.settings.url, self.settings.tls.clone(), auth).await {
@@ -167,9 +164,7 @@ impl Link {
     /// The current token's XML for the `token` header, if tokens are in use.
     fn token(&self) -> Option<String> {
         let m = self.settings.tokens.as_ref()?;
-        m.slot(service(self.role))
-            .get()
-            .map(|t| t.xml.expose().clone())
+        m.slot(self.role).get().map(|t| t.xml.expose().clone())
     }
 }
 

@@ -1,0 +1,68 @@
+//! The push receiver (BeskedFåTilsendt): the Beskedfordeler POSTs a ModtagBeskedInput to
+//! `/push/{dueslag}`; the answer is a ModtagBeskedOutput whose StandardRetur is 20 only
+//! after the Alive message is recorded. Anything else gets a non-20 StatusKode, so the
+//! Beskedfordeler keeps the message and nothing is swallowed.
+
+use axum::body::{Body, to_bytes};
+use axum::extract::{Path, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+
+use crate::config::Mode;
+use crate::http::AppState;
+use crate::message::{StandardRetur, build_modtag_besked_output};
+use crate::outcome::{Outcome, ReceivedKind};
+use crate::probe::{Envelope, Verdict};
+use crate::protocol::status;
+
+fn xml(code: StatusCode, retur: StandardRetur) -> Response {
+    (
+        code,
+        [(header::CONTENT_TYPE, "application/xml; charset=utf-8")],
+        build_modtag_besked_output(&retur),
+    )
+        .into_response()
+}
+
+/// BeskedFåTilsendt: answers 20 only after the Alive message is recorded; anything else
+/// gets a non-20 StatusKode so the Beskedfordeler keeps the message.
+pub async fn handle(State(s): State<AppState>, Path(name): Path<String>, body: Body) -> Response {
+    let Some(running) = s
+        .registry
+        .get(&name)
+        .filter(|r| r.probe.spec.mode == Mode::Push)
+    else {
+        return xml(
+            StatusCode::NOT_FOUND,
+            StandardRetur::error(
+                status::NOT_FOUND,
+                format!("no push dueslag named {name:?} here"),
+            ),
+        );
+    };
+    let bytes = match to_bytes(body, s.max_body).await {
+        Ok(b) => b,
+        Err(e) => {
+            let why = format!("body refused (limit {} bytes): {e}", s.max_body);
+            running.probe.observe(Outcome::Received {
+                kind: ReceivedKind::Unexpected,
+                besked_id: None,
+                detail: Some(why.clone()),
+            });
+            return xml(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                StandardRetur::error(status::INVALID_INPUT, why),
+            );
+        }
+    };
+    match running
+        .probe
+        .on_arrival(&bytes, Envelope::ModtagBeskedInput)
+    {
+        Verdict::Take => xml(StatusCode::OK, StandardRetur::ok()),
+        Verdict::Refuse(why) => xml(
+            StatusCode::BAD_REQUEST,
+            StandardRetur::error(status::INVALID_INPUT, why),
+        ),
+    }
+}
