@@ -1,28 +1,25 @@
-//! The HTTP surface (axum): `/metrics`, the status page, `/-/healthy`, `/-/ready`,
-//! `/-/reload`, and the push endpoint `POST /push/{dueslag}`, which may be served on its
-//! own listener.
+//! The HTTP surface (axum): routing only. `/metrics`, the status page, `/-/healthy`,
+//! `/-/ready`, `/-/reload` and `GET /probe` are answered here or by the module that owns
+//! them; the push endpoint `POST /push/{dueslag}` ([`crate::receive::push`]) may be served
+//! on its own listener.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
-use std::time::Duration;
-
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 
+use crate::diagnose;
 use crate::exposition;
 use crate::metrics::{Format, Metrics, VERSION};
-use crate::protocol::SCRAPE_TIMEOUT_HEADER;
 use crate::receive;
 use crate::status::{render_history, render_index};
 use crate::supervisor::Registry;
-use crate::trace::Trace;
 
 /// A reload request; the answer says whether the new configuration was applied.
 pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
@@ -38,9 +35,6 @@ pub struct AppState {
     /// `[exporter] probe_endpoint`: `GET /probe` sends real messages, so it is opt-in.
     pub probe_endpoint: Arc<AtomicBool>,
 }
-
-/// On-demand probes of one dueslag start at most this often.
-pub const ON_DEMAND_SPACING: Duration = Duration::from_secs(5);
 
 /// The main router; with `with_push` it serves the push endpoint too.
 pub fn router(state: AppState, with_push: bool) -> Router {
@@ -127,9 +121,7 @@ struct ProbeQuery {
     debug: bool,
 }
 
-/// `GET /probe?dueslag=NAME[&debug=true]`: one on-demand Alive message on that dueslag,
-/// answered blackbox-style with `probe_success` and `probe_duration_seconds`, or with the
-/// step-by-step trace when `debug=true`.
+/// `GET /probe?dueslag=NAME[&debug=true]`: see [`diagnose::on_demand::http_probe`].
 async fn probe(
     State(s): State<AppState>,
     Query(q): Query<ProbeQuery>,
@@ -152,64 +144,5 @@ async fn probe(
         )
             .into_response();
     };
-    {
-        let mut last = running.last_on_demand.lock().unwrap();
-        let now = Instant::now();
-        if let Some(wait) = last.map(|l| ON_DEMAND_SPACING.saturating_sub(now.duration_since(l)))
-            && !wait.is_zero()
-        {
-            return (
-                StatusCode::TOO_MANY_REQUESTS,
-                [(header::RETRY_AFTER, wait.as_secs().max(1).to_string())],
-                format!(
-                    "dueslag {name:?} was probed less than {}s ago\n",
-                    ON_DEMAND_SPACING.as_secs()
-                ),
-            )
-                .into_response();
-        }
-        *last = Some(now);
-    }
-    // Bounded by the scrape timeout, with half a second left to answer.
-    let scrape_timeout = headers
-        .get(SCRAPE_TIMEOUT_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .map(|v| Duration::from_secs_f64((v - 0.5).max(0.5)));
-    let timeout = scrape_timeout.map_or(running.probe.spec.timeout, |t| {
-        t.min(running.probe.spec.timeout)
-    });
-    let started = Instant::now();
-    let mut trace = Trace::default();
-    trace.ok(
-        "dueslag",
-        format!(
-            "{name} ({}), timeout {}",
-            running.probe.spec.mode.as_str(),
-            humantime::format_duration(timeout)
-        ),
-    );
-    let ok = running
-        .probe
-        .probe_once(running.afsender.as_ref(), timeout, &mut trace)
-        .await;
-    let took = started.elapsed().as_secs_f64();
-    if q.debug {
-        let verdict = if ok { "success" } else { "failure" };
-        return format!("{}probe {verdict} in {took:.3}s\n", trace.render_text()).into_response();
-    }
-    let body = format!(
-        "# HELP probe_success Whether the on-demand probe succeeded.\n# TYPE probe_success gauge\nprobe_success {}\n\
-         # HELP probe_duration_seconds How long the on-demand probe took.\n# TYPE probe_duration_seconds gauge\nprobe_duration_seconds {took}\n",
-        u8::from(ok)
-    );
-    (
-        [(
-            header::CONTENT_TYPE,
-            prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
-        )],
-        body,
-    )
-        .into_response()
+    diagnose::on_demand::http_probe(&running, &headers, q.debug).await
 }

@@ -25,5 +25,4 @@ pub mod supervisor;
 pub mod tls;
 pub mod tls_listener;
 pub mod token;
-pub mod trace;
 pub mod transport;

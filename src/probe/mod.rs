@@ -16,12 +16,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::{DueslagSpec, Mode};
+use crate::config::DueslagSpec;
 use crate::matcher::{Identity, Matcher};
 use crate::message::{self, AliveSpec, ProbePayload};
-use crate::outcome::{Observer, Outcome, ReceivedKind, SendFailure};
+use crate::outcome::{Observer, Outcome, ReceivedKind};
 use crate::send::{self, SendReport};
-use crate::trace::{Trace, hints};
 use crate::transport::{Afsender, Outgoing};
 
 /// What every probe of this exporter run has in common.
@@ -263,98 +262,29 @@ impl DueslagProbe {
         od.abandoned.contains(&besked_id)
     }
 
-    /// Sends one on-demand Alive message and waits up to `timeout` for it, tracing each
-    /// step. It does not touch the loop's sequence numbers, in-flight table or metrics.
-    pub async fn probe_once(
-        &self,
-        afsender: &dyn Afsender,
-        timeout: Duration,
-        trace: &mut Trace,
-    ) -> bool {
+    /// An on-demand Alive message (sequence 0: outside the loop's sequence numbers,
+    /// in-flight table and metrics) and what fires when it arrives. Used by
+    /// [`crate::diagnose::on_demand`].
+    pub fn on_demand(&self) -> (Outgoing, oneshot::Receiver<Instant>) {
         let msg = self.message(0);
-        let id = msg.besked_id;
         let (tx, rx) = oneshot::channel();
-        self.on_demand.lock().unwrap().waiting.insert(id, tx);
-        let started = Instant::now();
-        let attempts = self.spec.send_attempts;
-        let send_timeout = self.spec.send_timeout.min(timeout);
-        let report = send::send(afsender, &msg, attempts, send_timeout).await;
-        let arrived = match &report {
-            SendReport::Accepted { duration, attempts } => {
-                trace.ok_timed(
-                    "publish",
-                    format!("BeskedId {id}: StandardRetur 20 after {attempts} attempt(s)"),
-                    *duration,
-                );
-                tokio::time::timeout_at(started + timeout, rx)
-                    .await
-                    .ok()
-                    .and_then(Result::ok)
-            }
-            SendReport::Failed {
-                reason,
-                status,
-                detail,
-                ..
-            } => {
-                let code = status
-                    .map(|c| format!("StandardRetur {c}: "))
-                    .unwrap_or_default();
-                let hint = match reason {
-                    SendFailure::Token => hints::TOKEN_41,
-                    SendFailure::Rejected => hints::REJECTED,
-                    SendFailure::Unroutable => hints::UNROUTABLE,
-                    SendFailure::Timeout => hints::SEND_TIMEOUT,
-                    SendFailure::Connection => hints::CONNECTION,
-                };
-                trace.fail(
-                    "publish",
-                    format!("BeskedId {id}: {}{code}{detail}", reason.as_str()),
-                    hint,
-                );
-                None
-            }
-        };
-        let ok = match arrived {
-            Some(at) => {
-                trace.ok_timed(
-                    "delivery",
-                    format!(
-                        "arrived by {} in dueslag {}",
-                        self.spec.mode.as_str(),
-                        self.spec.name
-                    ),
-                    at.duration_since(started),
-                );
-                true
-            }
-            None => {
-                if matches!(report, SendReport::Accepted { .. }) {
-                    let hint = match self.spec.mode {
-                        Mode::Pull => hints::NOTHING_PULL,
-                        Mode::Push => hints::NOTHING_PUSH,
-                    };
-                    trace.fail(
-                        "delivery",
-                        format!(
-                            "nothing arrived in dueslag {} within {}",
-                            self.spec.name,
-                            humantime::format_duration(timeout)
-                        ),
-                        hint,
-                    );
-                }
-                false
-            }
-        };
+        self.on_demand
+            .lock()
+            .unwrap()
+            .waiting
+            .insert(msg.besked_id, tx);
+        (msg, rx)
+    }
+
+    /// Stops waiting for an on-demand message; if it still arrives, it is taken quietly.
+    pub fn abandon_on_demand(&self, besked_id: Uuid) {
         let mut od = self.on_demand.lock().unwrap();
-        if od.waiting.remove(&id).is_some() {
-            od.abandoned.push_back(id);
+        if od.waiting.remove(&besked_id).is_some() {
+            od.abandoned.push_back(besked_id);
             while od.abandoned.len() > ABANDONED {
                 od.abandoned.pop_front();
             }
         }
-        ok
     }
 
     /// Reports messages held unacknowledged in a pull dueslag.

@@ -2,6 +2,12 @@
 //! code path — configuration, token, TLS, AMQP connection, then N on-demand Alive messages
 //! sent and awaited by the same probe, sender and receiver the exporter runs — and say in
 //! plain words where the chain breaks.
+//!
+//! [`on_demand`] is the one-message probe both this command and `GET /probe` run;
+//! [`trace`] records the steps and holds the plain-words hints.
+
+pub mod on_demand;
+pub mod trace;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,8 +22,8 @@ use crate::metrics::Metrics;
 use crate::protocol::Service;
 use crate::server::{self, ConfigSource, Options};
 use crate::tls::{self, CertSummary};
-use crate::trace::{Trace, hints};
 use crate::transport::amqp::connect::{self as sasl, AuthChoice};
+use trace::{Trace, hints};
 
 /// What to probe.
 #[derive(Debug, Clone)]
@@ -153,10 +159,13 @@ pub async fn run(args: ProbeArgs) -> Report {
     let timeout = args.timeout.unwrap_or(running.probe.spec.timeout);
     let mut arrived = 0;
     for _ in 0..args.count.max(1) {
-        if running
-            .probe
-            .probe_once(running.afsender.as_ref(), timeout, &mut trace)
-            .await
+        if on_demand::probe_once(
+            &running.probe,
+            running.afsender.as_ref(),
+            timeout,
+            &mut trace,
+        )
+        .await
         {
             arrived += 1;
         }
