@@ -21,22 +21,51 @@ use crate::transport::sim::{SimAfhenter, SimAfsender};
 
 /// A backend and what reload needs to reconfigure it.
 pub struct Built {
+    pub kind: BackendKind,
     pub backend: Backend,
-    /// Present for the `sim` backend: the simulator and its queues.
-    pub sim: Option<(Arc<Simulator>, Arc<LocalSink>)>,
+    /// Present for the `sim` backend: the simulator, and where it POSTs push deliveries.
+    sim: Option<(Arc<Simulator>, String)>,
 }
 
 impl Built {
-    /// Tells the simulator about the dueslag (a real Beskedfordeler is configured elsewhere).
-    pub fn set_dueslag(&self, specs: &[DueslagSpec], push_base: &str) {
-        if let Some((sim, _)) = &self.sim {
-            sim.set_topology(sim::targets(specs, push_base));
+    /// Tells the backend which dueslag run. A real Beskedfordeler is configured in its
+    /// administration module, so only the simulator listens; it returns the dueslag whose
+    /// simulated set-up (target or `[sim.faults]`) changed, whose loops must restart.
+    pub fn set_dueslag(&self, config: &Config, specs: &[DueslagSpec]) -> Vec<String> {
+        match &self.sim {
+            Some((sim, push_base)) => {
+                sim.set_topology(sim::targets(specs, &config.sim.faults, push_base))
+            }
+            None => Vec::new(),
         }
     }
 }
 
-/// Builds the backend of `config`.
-pub async fn build(config: &Config, metrics: &Metrics) -> Result<Built, String> {
+/// Builds backends. It knows what the server knows and a backend may need beyond the
+/// configuration: where the push endpoint is reached.
+pub struct Factory {
+    /// `http(s)://host:port` of the push listener; the simulator POSTs there.
+    pub push_base: String,
+}
+
+impl Factory {
+    /// Builds the backend of `config`, and sets `bfo_alive_backend_info`.
+    pub async fn build(&self, config: &Config, metrics: &Metrics) -> Result<Built, String> {
+        let built = build(config, metrics, &self.push_base)?;
+        metrics.set_backend(backend_name(built.kind));
+        Ok(built)
+    }
+}
+
+/// The label value of `bfo_alive_backend_info`, and how logs name the backend.
+pub fn backend_name(kind: BackendKind) -> &'static str {
+    match kind {
+        BackendKind::Amqp => "amqp",
+        BackendKind::Sim => "sim",
+    }
+}
+
+fn build(config: &Config, metrics: &Metrics, push_base: &str) -> Result<Built, String> {
     let stop = CancellationToken::new();
     match config.backend() {
         BackendKind::Sim => {
@@ -47,6 +76,7 @@ pub async fn build(config: &Config, metrics: &Metrics) -> Result<Built, String> 
                 metrics.set_connection_up(role, true);
             }
             Ok(Built {
+                kind: BackendKind::Sim,
                 backend: Backend {
                     afsender: Arc::new(SimAfsender {
                         sim: simulator.clone(),
@@ -58,7 +88,7 @@ pub async fn build(config: &Config, metrics: &Metrics) -> Result<Built, String> 
                     }),
                     stop,
                 },
-                sim: Some((simulator, sink)),
+                sim: Some((simulator, push_base.to_string())),
             })
         }
         BackendKind::Amqp => build_amqp(config, metrics, stop),
@@ -149,6 +179,7 @@ fn build_amqp(
     tokio::spawn(afsend.clone().watch(stop.clone()));
     tokio::spawn(afhent.clone().watch(stop.clone()));
     Ok(Built {
+        kind: BackendKind::Amqp,
         backend: Backend {
             afsender: Arc::new(AmqpAfsender::new(afsend)),
             afhenter: Arc::new(AmqpAfhenter::new(afhent)),

@@ -1,5 +1,7 @@
-//! The command line: Prometheus-style flags, and the subcommands `demo` (the exporter on
-//! its embedded simulator) and `check-config`.
+//! The command line: Prometheus-style flags (`--config.file`, `--config.check`,
+//! `--web.listen-address`, `--log.*`, `--shard`) and the subcommands `demo` (the exporter
+//! on its embedded simulator), `probe` (one dueslag tested by hand) and `emulate` (the
+//! Beskedfordeler emulator on a RabbitMQ broker).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -182,8 +184,8 @@ async fn run(cli: Cli) -> ExitCode {
         return match source.load() {
             Ok(c) => {
                 println!(
-                    "configuration OK: backend {:?}, {} dueslag",
-                    c.backend(),
+                    "configuration OK: backend {}, {} dueslag",
+                    crate::backend::backend_name(c.backend()),
                     c.dueslag.len()
                 );
                 ExitCode::SUCCESS

@@ -2,8 +2,8 @@
 //!
 //! Unknown keys are errors; every error names the file and the key. Secrets (passwords in
 //! the broker URL) never print: `Debug` masks them. [`Config::dueslag_specs`] resolves each
-//! `[[dueslag]]` against `[defaults]` and `[sim.faults]` into the value the supervisor diffs
-//! on reload.
+//! `[[dueslag]]` against `[defaults]` into the value the supervisor diffs on reload, and
+//! [`Config::backend_part`] names what forces a backend rebuild.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -23,6 +23,9 @@ pub struct ConfigError {
     pub file: String,
     pub message: String,
 }
+
+/// The error for a file without `[broker]`: there is no default backend.
+pub const NO_BACKEND: &str = "broker: no backend chosen. Add [broker] with backend = \"amqp\" and url = \"amqps://...\" to probe a Beskedfordeler (or any RabbitMQ), or backend = \"sim\" for the embedded simulator, which probes nothing real (`bfo-alive-exporter demo` runs it with example dueslag)";
 
 /// The whole file.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -401,7 +404,6 @@ pub struct DueslagSpec {
     pub max_inflight: usize,
     pub max_held: usize,
     pub unexpected: Unexpected,
-    pub faults: Faults,
 }
 
 impl BrokerTls {
@@ -440,6 +442,8 @@ impl Config {
         Ok(config)
     }
 
+    /// The backend `[broker] backend` names. Validation refuses a configuration without
+    /// one, so that nobody runs the simulator by forgetting a table.
     pub fn backend(&self) -> BackendKind {
         self.broker.as_ref().map_or(BackendKind::Sim, |b| b.backend)
     }
@@ -455,6 +459,9 @@ impl Config {
     }
 
     fn validate(&self) -> Result<(), String> {
+        if self.broker.is_none() {
+            return Err(NO_BACKEND.into());
+        }
         let cvr = &self.identity.cvr;
         if cvr.len() != 8 || !cvr.bytes().all(|b| b.is_ascii_digit()) {
             return Err(format!(
@@ -625,10 +632,7 @@ impl Config {
             }
         }
         if !self.sim.faults.is_empty() && self.backend() != BackendKind::Sim {
-            return Err(
-                "sim.faults: only with the sim backend (omit [broker] or set backend = \"sim\")"
-                    .into(),
-            );
+            return Err("sim.faults: only with [broker] backend = \"sim\"".into());
         }
         Ok(())
     }
@@ -650,20 +654,33 @@ impl Config {
                 max_inflight: d.max_inflight,
                 max_held: d.max_held,
                 unexpected: ds.unexpected.unwrap_or_default(),
-                faults: self.sim.faults.get(&ds.name).cloned().unwrap_or_default(),
             })
             .collect()
     }
 
-    /// Everything except the dueslag list and the faults: when this differs on reload,
-    /// every loop restarts on a new backend.
-    pub fn global_part(&self) -> Config {
-        let mut c = self.clone();
-        c.dueslag.clear();
-        c.sim.faults.clear();
-        c.defaults = Defaults::default();
-        c
+    /// What the transports are built from: when this differs on reload, the backend is
+    /// rebuilt and every loop restarts on it. Everything else applies without touching the
+    /// backend: `[defaults]` and `[[dueslag]]` restart only the dueslag they change,
+    /// `[exporter] instance` restarts the loops (it is in every payload),
+    /// `[exporter] probe_endpoint` applies at once, and `[sim.faults]` goes to the running
+    /// simulator.
+    pub fn backend_part(&self) -> BackendPart<'_> {
+        BackendPart {
+            broker: self.broker.as_ref(),
+            token: self.token.as_ref(),
+            identity: &self.identity,
+            push: &self.push,
+        }
     }
+}
+
+/// See [`Config::backend_part`].
+#[derive(Debug, PartialEq)]
+pub struct BackendPart<'a> {
+    pub broker: Option<&'a BrokerConfig>,
+    pub token: Option<&'a TokenConfig>,
+    pub identity: &'a IdentityConfig,
+    pub push: &'a PushConfig,
 }
 
 /// Turns a toml error into one line naming the line and the key it is about.
@@ -698,6 +715,9 @@ mod tests {
     use super::*;
 
     pub const MINIMAL: &str = r#"
+[broker]
+backend = "sim"
+
 [identity]
 anvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"
 cvr = "29189846"
@@ -716,6 +736,30 @@ queue = "q"
         assert_eq!(s.interval, Duration::from_secs(30));
         assert_eq!(s.timeout, Duration::from_secs(120));
         assert_eq!(s.unexpected, Unexpected::Hold);
+    }
+
+    #[test]
+    fn no_backend_is_refused_with_how_to_choose() {
+        let text = MINIMAL.replace("[broker]\nbackend = \"sim\"\n", "");
+        let e = Config::parse(&text, "m.toml").unwrap_err().to_string();
+        assert!(
+            e.starts_with("m.toml: broker: no backend chosen")
+                && e.contains("backend = \"amqp\"")
+                && e.contains("backend = \"sim\""),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn backend_part_ignores_exporter_knobs_and_dueslag() {
+        let a = Config::parse(MINIMAL, "m.toml").unwrap();
+        let mut b = a.clone();
+        b.exporter.probe_endpoint = true;
+        b.dueslag.clear();
+        b.defaults.interval = Duration::from_secs(1);
+        assert_eq!(a.backend_part(), b.backend_part());
+        b.identity.cvr = "12345678".into();
+        assert_ne!(a.backend_part(), b.backend_part());
     }
 
     #[test]

@@ -76,7 +76,11 @@ async fn index(State(s): State<AppState>) -> Html<String> {
         .iter()
         .map(|r| r.status.snapshot())
         .collect();
-    Html(render_index(&snaps, VERSION))
+    let backend = s
+        .registry
+        .backend()
+        .map_or("none", crate::backend::backend_name);
+    Html(render_index(&snaps, VERSION, backend))
 }
 
 async fn history(State(s): State<AppState>, Path(name): Path<String>) -> Response {

@@ -54,6 +54,11 @@ pub struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabel {
+    pub backend: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabel {
     pub service: &'static str,
 }
@@ -112,6 +117,7 @@ pub struct Metrics {
     token_expiry: Family<ServiceLabel, Timestamp>,
     token_renewal_failures: Family<ServiceLabel, Counter>,
     connection_up: Family<ConnectionLabel, Gauge>,
+    backend: Family<BackendLabel, Gauge>,
     reload_ok: Gauge,
     reload_time: Timestamp,
 }
@@ -149,6 +155,7 @@ impl Metrics {
             token_expiry: Family::default(),
             token_renewal_failures: Family::default(),
             connection_up: Family::default(),
+            backend: Family::default(),
             reload_ok: Gauge::default(),
             reload_time: Timestamp::default(),
         };
@@ -251,6 +258,11 @@ impl Metrics {
             "Version and revision of the exporter.",
             build,
         );
+        reg.register(
+            "backend_info",
+            "1 for the backend the dueslag are probed on: amqp (a Beskedfordeler or RabbitMQ) or sim (the embedded simulator, nothing real).",
+            m.backend.clone(),
+        );
         for s in Service::ALL {
             let _ = m.token_expiry.get_or_create(&ServiceLabel {
                 service: s.as_str(),
@@ -312,6 +324,12 @@ impl Metrics {
             family.remove(&k.dl);
         }
     }
+    /// Sets `bfo_alive_backend_info`: one series, for the backend in use.
+    pub fn set_backend(&self, backend: &'static str) {
+        self.backend.clear();
+        self.backend.get_or_create(&BackendLabel { backend }).set(1);
+    }
+
     pub fn set_connection_up(&self, role: Service, up: bool) {
         self.connection_up
             .get_or_create(&ConnectionLabel {

@@ -1,8 +1,11 @@
-//! Every constant of the Beskedfordeler protocol, in one place.
+//! The wire constants of the Beskedfordeler and its token service: exchange, reply-to and
+//! header names, namespaces, StatusKoder, the services and their entity ids, defaults of
+//! the Afsend retry policy, and the one HTTP header Prometheus sends on `/probe`.
 //!
-//! Names, namespaces and codes come from KOMBIT's public samples for BFO 5.10 and
-//! SF1461/SF1462 (see DESIGN §2). Correct them here, from KOMBIT's current
-//! documentation, without touching probe logic.
+//! Names, namespaces and codes come from KOMBIT's public samples and schemas for BFO 5.10
+//! and SF1461/SF1462 (ARCHITECTURE.md §2). Correct them here, from KOMBIT's current
+//! documentation, without touching probe logic. Test fixtures spell some of them out on
+//! purpose: a test must fail when a constant drifts.
 
 /// The Alive beskedtype (AliveBesked integration 1.0).
 pub const ALIVE_BESKEDTYPE: &str = "f7e84a06-c47e-42e8-a864-fb4095d7f520";

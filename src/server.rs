@@ -14,7 +14,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, ConfigError};
+use crate::backend::Factory;
+use crate::config::{BackendKind, Config, ConfigError};
 use crate::http::{self, AppState, ReloadRequest};
 use crate::metrics::Metrics;
 use crate::shard::Shard;
@@ -119,6 +120,15 @@ fn reachable(addr: SocketAddr, tls: bool) -> String {
 pub async fn start(opts: Options) -> anyhow::Result<Server> {
     crate::tls::install_crypto_provider();
     let config = opts.source.load()?;
+    let backend = crate::backend::backend_name(config.backend());
+    match config.backend() {
+        BackendKind::Sim => tracing::warn!(
+            backend,
+            dueslag = config.dueslag.len(),
+            "starting on the embedded Beskedfordeler simulator: nothing real is probed"
+        ),
+        BackendKind::Amqp => tracing::info!(backend, dueslag = config.dueslag.len(), "starting"),
+    }
     let metrics = Metrics::new(&config.exporter.roundtrip_buckets);
     let main = bind(&opts.listen).await?;
     let addr = main.local_addr()?;
@@ -138,10 +148,13 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
     };
 
     let registry = Arc::new(Registry::default());
+    let backends = Factory {
+        push_base: reachable(push_addr, config.push.tls.is_some()),
+    };
     let mut supervisor = Supervisor::new(
         metrics.clone(),
         registry.clone(),
-        reachable(push_addr, config.push.tls.is_some()),
+        backends,
         opts.shard,
         opts.probe_loops,
     );

@@ -250,16 +250,24 @@ fn millis(d: Option<Duration>) -> String {
     })
 }
 
-const STYLE: &str = "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}\
+const STYLE: &str = "body{font-family:sans-serif;margin:2em}.banner{background:#fff3cd;border:1px solid #e0b400;padding:.5em}table{border-collapse:collapse}\
 td,th{border:1px solid #ccc;padding:4px 8px;text-align:left}.bad{color:#b00}.ok{color:#070}";
 
-/// The status page.
-pub fn render_index(dueslag: &[Snapshot], version: &str) -> String {
+/// The index page. `backend` is the label value of `bfo_alive_backend_info`; on the
+/// simulator a banner says that nothing real is probed.
+pub fn render_index(dueslag: &[Snapshot], version: &str, backend: &str) -> String {
+    let banner = if backend == "sim" {
+        "<p class=\"banner\">Backend: <b>sim</b>, the embedded Beskedfordeler simulator. \
+         Nothing real is probed: these results come from simulated dueslag.</p>"
+    } else {
+        ""
+    };
     let mut h = format!(
         "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>bfo-alive-exporter</title><style>{STYLE}</style></head><body>\
-         <h1>bfo-alive-exporter</h1><p>Version {} · <a href=\"/metrics\">metrics</a> · <a href=\"/-/healthy\">healthy</a> · <a href=\"/-/ready\">ready</a></p>\
+         <h1>bfo-alive-exporter</h1>{banner}<p>Version {} · backend {} · <a href=\"/metrics\">metrics</a> · <a href=\"/-/healthy\">healthy</a> · <a href=\"/-/ready\">ready</a></p>\
          <table><tr><th>dueslag</th><th>mode</th><th>last success</th><th>last round trip</th><th>in flight</th><th>held</th><th>recent failures</th></tr>",
-        escape(version)
+        escape(version),
+        escape(backend)
     );
     for d in dueslag {
         let failures: Vec<String> = d
@@ -351,7 +359,9 @@ mod tests {
         );
         let page = render_history(&snap);
         assert!(page.contains("d&lt;x&gt;") && page.contains("<td>44</td>"));
-        assert!(render_index(&[snap], "0").contains("never"));
+        let page = render_index(&[snap], "0", "amqp");
+        assert!(page.contains("never") && !page.contains("class=\"banner\""));
+        assert!(render_index(&[], "0", "sim").contains("Nothing real is probed"));
     }
 
     #[test]

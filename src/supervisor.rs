@@ -1,9 +1,10 @@
 //! The supervisor: one probe loop (and, for pull, one receiver) per dueslag, started,
 //! stopped and restarted by diffing configurations on reload.
 //!
-//! Reload rules (DESIGN §5): added dueslag start, removed ones stop and their series go
-//! away, changed ones restart; a change outside the dueslag list (broker, identity, token,
-//! push) restarts every loop on a new backend.
+//! Reload rules (ARCHITECTURE.md §6): added dueslag start, removed ones stop and their
+//! series go away, changed ones restart; a change of what the backend is built from
+//! ([`Config::backend_part`]: broker, token, identity, push) restarts every loop on a new
+//! backend, and a new `[exporter] instance` restarts every loop on the old one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -11,8 +12,8 @@ use std::sync::{Arc, RwLock};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::backend::{self, Built};
-use crate::config::{Config, DueslagSpec, Mode};
+use crate::backend::{Built, Factory};
+use crate::config::{BackendKind, Config, DueslagSpec, Mode};
 use crate::metrics::Metrics;
 use crate::outcome::{Fanout, Observer};
 use crate::probe::{self, DueslagProbe, ProbeContext};
@@ -31,17 +32,25 @@ pub struct Running {
     pub last_on_demand: std::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
-/// The running dueslag by name, shared with the HTTP surface.
+/// The running dueslag by name, and the backend they run on, shared with the HTTP surface.
 #[derive(Default)]
-pub struct Registry(RwLock<BTreeMap<String, Arc<Running>>>);
+pub struct Registry {
+    running: RwLock<BTreeMap<String, Arc<Running>>>,
+    backend: RwLock<Option<BackendKind>>,
+}
 
 impl Registry {
+    /// The backend of the applied configuration.
+    pub fn backend(&self) -> Option<BackendKind> {
+        *self.backend.read().unwrap()
+    }
+
     pub fn get(&self, name: &str) -> Option<Arc<Running>> {
-        self.0.read().unwrap().get(name).cloned()
+        self.running.read().unwrap().get(name).cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<Running>> {
-        self.0.read().unwrap().values().cloned().collect()
+        self.running.read().unwrap().values().cloned().collect()
     }
 }
 
@@ -58,21 +67,22 @@ pub struct Supervisor {
     metrics: Metrics,
     registry: Arc<Registry>,
     run: uuid::Uuid,
-    push_base: String,
+    backends: Factory,
     shard: Option<Shard>,
     /// False for a one-shot `probe`: receivers run, the periodic loops do not.
     loops_enabled: bool,
     config: Option<Config>,
     built: Option<Built>,
+    /// What the running loops were started with.
+    ctx: Option<Arc<ProbeContext>>,
     loops: HashMap<String, Loop>,
 }
 
 impl Supervisor {
-    /// `push_base` is where the simulator POSTs push deliveries (`http://host:port`).
     pub fn new(
         metrics: Metrics,
         registry: Arc<Registry>,
-        push_base: String,
+        backends: Factory,
         shard: Option<Shard>,
         loops_enabled: bool,
     ) -> Self {
@@ -80,11 +90,12 @@ impl Supervisor {
             metrics,
             registry,
             run: uuid::Uuid::new_v4(),
-            push_base,
+            backends,
             shard,
             loops_enabled,
             config: None,
             built: None,
+            ctx: None,
             loops: HashMap::new(),
         }
     }
@@ -104,12 +115,12 @@ impl Supervisor {
 
     /// Applies a configuration: the first one, or a reload.
     pub async fn apply(&mut self, config: Config) -> Result<(), String> {
-        let global_changed = self
+        let rebuild = self
             .config
             .as_ref()
-            .is_none_or(|c| c.global_part() != config.global_part());
-        if global_changed {
-            let built = backend::build(&config, &self.metrics).await?;
+            .is_none_or(|c| c.backend_part() != config.backend_part());
+        if rebuild {
+            let built = self.backends.build(&config, &self.metrics).await?;
             let names: Vec<String> = self.loops.keys().cloned().collect();
             for name in names {
                 self.stop_now(&name);
@@ -117,19 +128,8 @@ impl Supervisor {
             if let Some(old) = self.built.take() {
                 old.backend.stop.cancel();
             }
+            *self.registry.backend.write().unwrap() = Some(built.kind);
             self.built = Some(built);
-        }
-        let specs = self.specs(&config);
-        let built = self.built.as_ref().expect("built above");
-        built.set_dueslag(&specs, &self.push_base);
-        let wanted: BTreeMap<&str, &DueslagSpec> =
-            specs.iter().map(|s| (s.name.as_str(), s)).collect();
-        let names: Vec<String> = self.loops.keys().cloned().collect();
-        for name in names {
-            match wanted.get(name.as_str()) {
-                Some(spec) if self.loops[&name].spec == **spec => {}
-                _ => self.stop_now(&name),
-            }
         }
         let ctx = Arc::new(ProbeContext {
             instance: config.instance(),
@@ -137,12 +137,29 @@ impl Supervisor {
             anvendersystem: config.identity.anvendersystem,
             cvr: config.identity.cvr.clone(),
         });
+        let ctx_changed = self.ctx.as_ref().is_none_or(|c| **c != *ctx);
+        let specs = self.specs(&config);
+        let built = self.built.as_ref().expect("built above");
+        let reset = built.set_dueslag(&config, &specs);
+        let wanted: BTreeMap<&str, &DueslagSpec> =
+            specs.iter().map(|s| (s.name.as_str(), s)).collect();
+        let names: Vec<String> = self.loops.keys().cloned().collect();
+        for name in names {
+            match wanted.get(name.as_str()) {
+                Some(spec)
+                    if self.loops[&name].spec == **spec
+                        && !ctx_changed
+                        && !reset.contains(&name) => {}
+                _ => self.stop_now(&name),
+            }
+        }
         for spec in specs {
             if !self.loops.contains_key(&spec.name) {
                 self.start(spec, ctx.clone());
             }
         }
         tracing::info!(dueslag = self.loops.len(), "configuration applied");
+        self.ctx = Some(ctx);
         self.config = Some(config);
         Ok(())
     }
@@ -174,7 +191,7 @@ impl Supervisor {
                 stop_receiving.clone(),
             ))
         });
-        self.registry.0.write().unwrap().insert(
+        self.registry.running.write().unwrap().insert(
             spec.name.clone(),
             Arc::new(Running {
                 probe,
@@ -204,7 +221,7 @@ impl Supervisor {
             if let Some(s) = &l.sender {
                 s.abort();
             }
-            self.registry.0.write().unwrap().remove(name);
+            self.registry.running.write().unwrap().remove(name);
             self.metrics.remove_dueslag(name, l.spec.mode);
             tracing::info!(dueslag = name, "dueslag stopped");
             // The receiver closes its consumer on cancel, returning held messages.

@@ -10,7 +10,7 @@ use common::*;
 
 fn config(dueslag: &str) -> String {
     format!(
-        "{IDENTITY}
+        "{IDENTITY}{SIM}
 [defaults]
 interval = \"100ms\"
 timeout = \"600ms\"
@@ -295,7 +295,7 @@ async fn push_endpoint_refuses_what_is_not_ours_and_counts_it() {
     use bfo_alive_exporter::message::*;
     // A long interval: the test's own POSTs are the only traffic.
     let (s, _f) = start(&format!(
-        "{IDENTITY}\n[defaults]\ninterval = \"1h\"\n[push]\nmax_body = \"2KiB\"\n{PUSH}{PULL}"
+        "{IDENTITY}{SIM}\n[defaults]\ninterval = \"1h\"\n[push]\nmax_body = \"2KiB\"\n{PUSH}{PULL}"
     ))
     .await;
     let unexpected = r#"bfo_alive_received_total{dueslag="h",mode="push",kind="unexpected"}"#;
@@ -558,4 +558,29 @@ async fn graceful_stop_waits_for_inflight_probes() {
     )
     .unwrap();
     assert!(success >= 1.0);
+}
+
+#[tokio::test]
+async fn exporter_knobs_apply_without_restarting_loops() {
+    const P_OK: &str = r#"bfo_alive_probes_total{dueslag="p",mode="pull",result="success"}"#;
+    let (s, f) = start(&config(PULL)).await;
+    let text = wait_metric(&s, P_OK, 5.0).await;
+    let before = value(&text, P_OK).unwrap();
+    assert_eq!(
+        value(&text, r#"bfo_alive_backend_info{backend="sim"}"#),
+        Some(1.0)
+    );
+    let (_, page) = get(&s, "/").await;
+    assert!(page.contains("Nothing real is probed"), "{page}");
+    assert_eq!(get(&s, "/probe?dueslag=p").await.0, 404);
+
+    f.write(&config(PULL).replacen("[exporter]\n", "[exporter]\nprobe_endpoint = true\n", 1));
+    assert_eq!(post(&s, "/-/reload", "").await.0, 200);
+    // A restarted loop would have started its counters again from 0.
+    let after = value(&scrape(&s).await, P_OK).unwrap();
+    assert!(after >= before, "the loop restarted: {after} < {before}");
+    let (code, body) = get(&s, "/probe?dueslag=p").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("probe_success 1"), "{body}");
+    s.stop().await;
 }

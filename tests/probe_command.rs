@@ -42,7 +42,7 @@ fn json(r: &Run) -> serde_json::Value {
 
 fn sim(faults: &str) -> String {
     format!(
-        "{IDENTITY}\n[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q\"\n[[dueslag]]\nname = \"h\"\nmode = \"push\"\n{faults}"
+        "{IDENTITY}{SIM}\n[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q\"\n[[dueslag]]\nname = \"h\"\nmode = \"push\"\n{faults}"
     )
 }
 

@@ -53,7 +53,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
 #[tokio::test]
 async fn sighup_reloads_and_sigterm_exits_zero() {
     let cfg = ConfigFile::new(&format!(
-        "{IDENTITY}\n[defaults]\ninterval = \"100ms\"\n[[dueslag]]\nname = \"a\"\nmode = \"push\"\n"
+        "{IDENTITY}{SIM}\n[defaults]\ninterval = \"100ms\"\n[[dueslag]]\nname = \"a\"\nmode = \"push\"\n"
     ));
     let port = free_port();
     let mut child = Command::new(env!("CARGO_BIN_EXE_bfo-alive-exporter"))
@@ -77,7 +77,7 @@ async fn sighup_reloads_and_sigterm_exits_zero() {
     })
     .await;
     cfg.write(&format!(
-        "{IDENTITY}\n[defaults]\ninterval = \"100ms\"\n[[dueslag]]\nname = \"b\"\nmode = \"push\"\n"
+        "{IDENTITY}{SIM}\n[defaults]\ninterval = \"100ms\"\n[[dueslag]]\nname = \"b\"\nmode = \"push\"\n"
     ));
     signal(&child, "HUP");
     wait_for(Duration::from_secs(10), || async {

@@ -15,6 +15,8 @@ use bytes::Bytes;
 use tokio_util::sync::CancellationToken;
 
 const CONFIG: &str = r#"
+[broker]
+backend = "sim"
 [identity]
 anvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"
 cvr = "29189846"
@@ -44,7 +46,11 @@ fn rig(unexpected: Unexpected) -> Rig {
     let stop = CancellationToken::new();
     let sink = LocalSink::new(stop.clone());
     let simulator = Simulator::new(sink.clone(), stop);
-    simulator.set_topology(sim::targets(std::slice::from_ref(&spec), "http://unused"));
+    simulator.set_topology(sim::targets(
+        std::slice::from_ref(&spec),
+        &config.sim.faults,
+        "http://unused",
+    ));
     let recorder = Arc::new(Recorder::default());
     let ctx = Arc::new(ProbeContext {
         instance: "i".into(),

@@ -27,7 +27,7 @@ pub struct SimSetup<'a> {
     pub buckets: Option<&'a [f64]>,
 }
 
-/// The configuration text (backend `sim`, no `[broker]`).
+/// The configuration text (backend `sim`).
 pub fn sim_config(s: &SimSetup<'_>) -> String {
     let mut t = String::with_capacity(s.dueslag * 140 + 512);
     t.push_str("[exporter]\ninstance = \"bench\"\n");
@@ -37,7 +37,7 @@ pub fn sim_config(s: &SimSetup<'_>) -> String {
     }
     let _ = write!(
         t,
-        "[identity]\nanvendersystem = \"{ANVENDER}\"\ncvr = \"29189846\"\n\n[defaults]\ninterval = \"{}ms\"\ntimeout = \"30s\"\n\n",
+        "[identity]\nanvendersystem = \"{ANVENDER}\"\ncvr = \"29189846\"\n\n[broker]\nbackend = \"sim\"\n\n[defaults]\ninterval = \"{}ms\"\ntimeout = \"30s\"\n\n",
         s.interval.as_millis()
     );
     for i in 1..=s.dueslag {

@@ -24,7 +24,7 @@ use crate::send::{self, SendReport};
 use crate::transport::{Afsender, Outgoing};
 
 /// What every probe of this exporter run has in common.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ProbeContext {
     pub instance: String,
     /// New at every start of the exporter.

@@ -13,7 +13,7 @@ pub mod push;
 pub mod queue;
 pub mod timer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -119,14 +119,19 @@ impl Simulator {
     }
 
     /// Sets the dueslag and their faults; starts or stops the injection of business and
-    /// foreign messages.
-    pub fn set_topology(self: &Arc<Self>, dueslag: Vec<(Target, Faults)>) {
+    /// foreign messages. Returns the names of dueslag that existed before and whose target
+    /// or faults changed: their consumers must reconnect to see the change (e.g. outages).
+    pub fn set_topology(self: &Arc<Self>, dueslag: Vec<(Target, Faults)>) -> Vec<String> {
         let mut slots = self.slots.lock().unwrap();
         let mut old: HashMap<String, Slot> = std::mem::take(&mut *slots);
+        let mut changed_names = Vec::new();
         for (target, faults) in dueslag {
             let slot = match old.remove(&target.name) {
                 Some(s) if s.target == target && s.faults == faults => s,
                 changed => {
+                    if changed.is_some() {
+                        changed_names.push(target.name.clone());
+                    }
                     let reordered = changed.and_then(|s| {
                         s.injectors.iter().for_each(JoinHandle::abort);
                         s.reordered
@@ -153,6 +158,7 @@ impl Simulator {
         for (_, s) in old {
             s.injectors.iter().for_each(JoinHandle::abort);
         }
+        changed_names
     }
 
     fn spawn_injector(
@@ -367,8 +373,13 @@ impl Sink for LocalSink {
     }
 }
 
-/// The simulator's view of the configured dueslag.
-pub fn targets(specs: &[DueslagSpec], push_base: &str) -> Vec<(Target, Faults)> {
+/// The simulator's view of the configured dueslag: where each is delivered, and the
+/// faults `[sim.faults.NAME]` injects into it.
+pub fn targets(
+    specs: &[DueslagSpec],
+    faults: &BTreeMap<String, Faults>,
+    push_base: &str,
+) -> Vec<(Target, Faults)> {
     specs
         .iter()
         .map(|s| {
@@ -380,7 +391,7 @@ pub fn targets(specs: &[DueslagSpec], push_base: &str) -> Vec<(Target, Faults)> 
                     push_url: (s.mode == Mode::Push)
                         .then(|| format!("{}/push/{}", push_base.trim_end_matches('/'), s.name)),
                 },
-                s.faults.clone(),
+                faults.get(&s.name).cloned().unwrap_or_default(),
             )
         })
         .collect()

@@ -17,6 +17,9 @@ anvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"
 cvr = "29189846"
 "#;
 
+/// Chooses the embedded simulator (a configuration must name its backend).
+pub const SIM: &str = "[broker]\nbackend = \"sim\"\n";
+
 /// A config file in a temporary directory that lives as long as the value.
 pub struct ConfigFile {
     pub dir: tempfile::TempDir,
