@@ -100,6 +100,7 @@ install_tools
 exporter_binary "$@"
 ops_log "exporter binary: $BFO_ALIVE_EXPORTER"
 
+run_check "README commands as written" scripts/ops/readme-check.sh
 run_check "promtool check rules" check_rules
 run_check "promtool test rules" test_rules
 run_check "alert conventions and runbook" lint_alerts
