@@ -16,7 +16,9 @@ use crate::token::{
     StsClient, StsConfig, TokenCallbacks, TokenManager, TokenManagerConfig, TokenSource,
 };
 use crate::transport::Backend;
-use crate::transport::amqp::{AmqpAfhenter, AmqpAfsender, Link, Settings};
+use crate::transport::amqp::{
+    AmqpAfhenter, AmqpAfsender, DownReason, Link, LinkEvent, LinkEvents, Settings,
+};
 use crate::transport::sim::{SimAfhenter, SimAfsender};
 
 /// A backend and what reload needs to reconfigure it.
@@ -166,14 +168,19 @@ fn build_amqp(
     } else {
         None
     };
+    let events = link_events(metrics, &url);
     let settings = Settings {
         url,
         tls,
         tokens: tokens(config, metrics, &stop)?,
         external: broker.auth == AuthKind::External,
         prefetch: broker.prefetch,
-        metrics: metrics.clone(),
+        events,
     };
+    // Both links are down until their first connect, whatever the previous backend showed.
+    for service in Service::ALL {
+        metrics.set_connection_up(service, false);
+    }
     let afsend = Link::new(Service::Afsend, settings.clone());
     let afhent = Link::new(Service::Afhent, settings);
     tokio::spawn(afsend.clone().watch(stop.clone()));
@@ -186,5 +193,25 @@ fn build_amqp(
             stop,
         },
         sim: None,
+    })
+}
+
+/// Turns link events into `bfo_alive_connection_up` and one log line each.
+fn link_events(metrics: &Metrics, url: &str) -> LinkEvents {
+    let metrics = metrics.clone();
+    // Masked once here: the URL may carry the PLAIN password.
+    let url = crate::config::mask_url(url);
+    Arc::new(move |service, event| {
+        let connection = service.as_str();
+        match event {
+            LinkEvent::Up => tracing::info!(connection, url = %url, "connected"),
+            LinkEvent::Down(DownReason::Lost) => tracing::warn!(connection, "connection lost"),
+            LinkEvent::Down(DownReason::ConnectFailed { error, retry_in }) => {
+                tracing::warn!(connection, error = %error, retry_in = ?retry_in, "cannot connect")
+            }
+            // Asked for (token renewal, shutdown): nothing went wrong.
+            LinkEvent::Down(DownReason::Reset) => {}
+        }
+        metrics.set_connection_up(service, *event == LinkEvent::Up);
     })
 }

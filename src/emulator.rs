@@ -24,6 +24,7 @@ use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::backoff::{Backoff, RECONNECT_START};
 use crate::config::{ConfigError, Faults, Mode};
 use crate::message::{StandardRetur, build_standard_retur, parse_haendelsesbesked};
 use crate::protocol::{AFSEND_EXCHANGE, CVR_URN_PREFIX, TOKEN_HEADER, status};
@@ -334,17 +335,17 @@ pub async fn run(
             .timeout(Duration::from_secs(10))
             .build()?,
     };
-    let mut backoff = Duration::from_millis(500);
+    // Capped at 10 s, not the exporter's 30 s: the emulator is a test fixture, and should be
+    // serving again soon after its broker comes back.
+    let mut backoff = Backoff::new(RECONNECT_START, Duration::from_secs(10));
     while !stop.is_cancelled() {
         match session(&cfg, &http, &stop, ready.as_ref()).await {
             Ok(()) => return Ok(()),
             Err(e) => {
-                tracing::warn!(error = %e, retry_in = ?backoff, "emulator session ended");
-                tokio::select! {
-                    _ = stop.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(backoff) => {}
+                tracing::warn!(error = %e, retry_in = ?backoff.current(), "emulator session ended");
+                if !backoff.wait(&stop).await {
+                    return Ok(());
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(10));
             }
         }
     }

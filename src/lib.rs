@@ -1,6 +1,7 @@
 //! bfo-alive-exporter: probes KOMBIT Beskedfordeler dueslag with AliveBesked round trips.
 pub mod allocator;
 pub mod backend;
+pub mod backoff;
 pub mod cli;
 pub mod config;
 pub mod diagnose;

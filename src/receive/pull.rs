@@ -8,17 +8,13 @@
 //! requeue, and the broker dead-letters it to the dueslag's error queue.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff::Backoff;
 use crate::config::Unexpected;
 use crate::probe::{DueslagProbe, Envelope, Verdict};
 use crate::transport::{Afhenter, DeliveryHandle};
-
-/// Reconnect backoff: from 500 ms, doubling, capped at 30 s.
-pub const BACKOFF_START: Duration = Duration::from_millis(500);
-pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 /// Consumes the dueslag's queue until `stop`.
 pub async fn run_pull(
@@ -27,7 +23,7 @@ pub async fn run_pull(
     stop: CancellationToken,
 ) {
     let queue = probe.spec.queue.clone().unwrap_or_default();
-    let mut backoff = BACKOFF_START;
+    let mut backoff = Backoff::reconnect();
     while !stop.is_cancelled() {
         let consumer = tokio::select! {
             _ = stop.cancelled() => return,
@@ -36,17 +32,15 @@ pub async fn run_pull(
         let mut consumer = match consumer {
             Ok(c) => c,
             Err(e) => {
-                tracing::warn!(dueslag = %probe.spec.name, queue, error = %e, retry_in = ?backoff, "cannot consume");
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = tokio::time::sleep(backoff) => {}
+                tracing::warn!(dueslag = %probe.spec.name, queue, error = %e, retry_in = ?backoff.current(), "cannot consume");
+                if !backoff.wait(&stop).await {
+                    return;
                 }
-                backoff = (backoff * 2).min(BACKOFF_MAX);
                 continue;
             }
         };
         tracing::info!(dueslag = %probe.spec.name, queue, "consuming");
-        backoff = BACKOFF_START;
+        backoff.reset();
         let mut held: Vec<Box<dyn DeliveryHandle>> = Vec::new();
         let mut paused = false;
         loop {

@@ -1,0 +1,107 @@
+//! Afhent over AMQP: pull consumers on dueslag queues, and the handles that settle their
+//! deliveries.
+//!
+//! Each consumer has its own channel with `basic.qos(prefetch)` and manual ack, so that
+//! closing the channel when the consumer is dropped returns exactly its unacknowledged
+//! (held) deliveries to the queue.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+
+use super::Link;
+use crate::transport::{Afhenter, Delivery, DeliveryHandle, PullConsumer};
+
+/// Consumes dueslag queues over the afhent link.
+pub struct AmqpAfhenter {
+    link: Arc<Link>,
+}
+
+impl AmqpAfhenter {
+    pub fn new(link: Arc<Link>) -> Self {
+        AmqpAfhenter { link }
+    }
+}
+
+#[async_trait]
+impl Afhenter for AmqpAfhenter {
+    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, String> {
+        let (conn, _) = self.link.connection().await?;
+        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+        channel
+            .basic_qos(self.link.settings.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        let consumer = channel
+            .basic_consume(
+                queue.into(),
+                format!("bfo-alive-{queue}").into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(|e| format!("basic.consume on {queue}: {e}"))?;
+        Ok(Box::new(AmqpPull { channel, consumer }))
+    }
+}
+
+struct AmqpPull {
+    channel: Channel,
+    consumer: lapin::Consumer,
+}
+
+#[async_trait]
+impl PullConsumer for AmqpPull {
+    async fn next(&mut self) -> Option<Delivery> {
+        match self.consumer.next().await {
+            Some(Ok(d)) => Some(Delivery {
+                body: Bytes::from(d.data),
+                handle: Box::new(AmqpHandle(d.acker)),
+            }),
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "consumer failed");
+                None
+            }
+            None => None,
+        }
+    }
+}
+
+impl Drop for AmqpPull {
+    /// Closing the channel returns every unacknowledged (held) delivery to the queue.
+    fn drop(&mut self) {
+        let channel = self.channel.clone();
+        tokio::spawn(async move {
+            let _ = channel.close(200, "consumer stopped".into()).await;
+        });
+    }
+}
+
+struct AmqpHandle(lapin::Acker);
+
+#[async_trait]
+impl DeliveryHandle for AmqpHandle {
+    async fn ack(self: Box<Self>) -> Result<(), String> {
+        self.0
+            .ack(BasicAckOptions::default())
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn reject_to_error_queue(self: Box<Self>) -> Result<(), String> {
+        self.0
+            .nack(BasicNackOptions {
+                requeue: false,
+                ..BasicNackOptions::default()
+            })
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+}

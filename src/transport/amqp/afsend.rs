@@ -1,0 +1,209 @@
+//! Afsend over AMQP: one publish of an Alive message and the wait for its StandardRetur.
+//!
+//! Each dueslag has its own channel in confirm mode that consumes `amq.rabbitmq.reply-to`
+//! (no-ack) before its first publish, because RabbitMQ refuses a publish whose reply-to is
+//! `amq.rabbitmq.reply-to` on a channel that does not consume it. Each attempt publishes
+//! mandatory with a fresh correlation id, the transaction id as `message_id` and the token
+//! in the `token` header, and waits for the StandardRetur whose correlation id matches. A
+//! `basic.return` is "unroutable".
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{BasicProperties, Channel};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use uuid::Uuid;
+
+use super::Link;
+use crate::message::{StandardRetur, parse_standard_retur};
+use crate::protocol::Service;
+use crate::protocol::{AFSEND_EXCHANGE, AFSEND_ROUTING_KEY, DIRECT_REPLY_TO, TOKEN_HEADER};
+use crate::transport::{Afsender, AttemptError, Outgoing};
+
+/// How long a 41 waits for the token source to produce a new token.
+const RENEW_WAIT: Duration = Duration::from_secs(30);
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Bytes>>>>;
+
+/// A dueslag's afsend channel with its reply-to consumer.
+struct SendChannel {
+    channel: Channel,
+    generation: u64,
+    pending: Pending,
+}
+
+/// Sends over the afsend link.
+pub struct AmqpAfsender {
+    link: Arc<Link>,
+    channels: tokio::sync::Mutex<HashMap<String, Arc<SendChannel>>>,
+}
+
+impl AmqpAfsender {
+    pub fn new(link: Arc<Link>) -> Self {
+        AmqpAfsender {
+            link,
+            channels: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn channel(&self, dueslag: &str) -> Result<Arc<SendChannel>, AttemptError> {
+        let (conn, generation) = self
+            .link
+            .connection()
+            .await
+            .map_err(AttemptError::Connection)?;
+        let mut channels = self.channels.lock().await;
+        if let Some(c) = channels.get(dueslag)
+            && c.generation == generation
+            && c.channel.status().connected()
+        {
+            return Ok(c.clone());
+        }
+        let conn_err = |e: lapin::Error| AttemptError::Connection(e.to_string());
+        let channel = conn.create_channel().await.map_err(conn_err)?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(conn_err)?;
+        let mut replies = channel
+            .basic_consume(
+                DIRECT_REPLY_TO.into(),
+                format!("bfo-alive-reply-{dueslag}").into(),
+                BasicConsumeOptions {
+                    no_ack: true,
+                    ..BasicConsumeOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(conn_err)?;
+        let pending: Pending = Arc::default();
+        let p = pending.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(d)) = replies.next().await {
+                let Some(corr) = d
+                    .properties
+                    .correlation_id()
+                    .as_ref()
+                    .map(|c| c.to_string())
+                else {
+                    continue;
+                };
+                if let Some(tx) = p.lock().unwrap().remove(&corr) {
+                    let _ = tx.send(Bytes::from(d.data));
+                }
+            }
+        });
+        let sc = Arc::new(SendChannel {
+            channel,
+            generation,
+            pending,
+        });
+        channels.insert(dueslag.to_string(), sc.clone());
+        Ok(sc)
+    }
+
+    async fn forget_channel(&self, dueslag: &str) {
+        if let Some(c) = self.channels.lock().await.remove(dueslag) {
+            let _ = c.channel.close(200, "reopening".into()).await;
+        }
+    }
+}
+
+#[async_trait]
+impl Afsender for AmqpAfsender {
+    async fn publish(
+        &self,
+        msg: &Outgoing,
+        correlation_id: Uuid,
+        timeout: Duration,
+    ) -> Result<StandardRetur, AttemptError> {
+        let sc = self.channel(&msg.dueslag).await?;
+        let corr = correlation_id.to_string();
+        let (tx, rx) = oneshot::channel();
+        sc.pending.lock().unwrap().insert(corr.clone(), tx);
+        let mut headers = FieldTable::default();
+        if let Some(token) = self.link.token() {
+            headers.insert(TOKEN_HEADER.into(), AMQPValue::LongString(token.into()));
+        }
+        let props = BasicProperties::default()
+            .with_correlation_id(corr.clone().into())
+            .with_reply_to(DIRECT_REPLY_TO.into())
+            .with_message_id(msg.transaction_id.to_string().into())
+            .with_content_type("application/xml".into())
+            .with_content_encoding("utf-8".into())
+            .with_headers(headers);
+        let deadline = Instant::now() + timeout;
+        let published = async {
+            let confirm = sc
+                .channel
+                .basic_publish(
+                    AFSEND_EXCHANGE.into(),
+                    AFSEND_ROUTING_KEY.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &msg.body,
+                    props,
+                )
+                .await?
+                .await?;
+            Ok::<_, lapin::Error>(confirm)
+        };
+        let result = match tokio::time::timeout_at(deadline, published).await {
+            Err(_) => Err(AttemptError::Timeout),
+            Ok(Err(e)) => Err(AttemptError::Connection(e.to_string())),
+            Ok(Ok(confirm)) if confirm.is_nack() => Err(AttemptError::Connection(
+                "the broker nacked the publish".into(),
+            )),
+            Ok(Ok(confirm)) => {
+                if confirm.take_message().is_some() {
+                    Err(AttemptError::Unroutable)
+                } else {
+                    match tokio::time::timeout_at(deadline, rx).await {
+                        Ok(Ok(body)) => parse_standard_retur(&body).map_err(|e| {
+                            AttemptError::Connection(format!("unreadable StandardRetur: {e}"))
+                        }),
+                        Ok(Err(_)) => {
+                            Err(AttemptError::Connection("the reply channel closed".into()))
+                        }
+                        Err(_) => Err(AttemptError::Timeout),
+                    }
+                }
+            }
+        };
+        sc.pending.lock().unwrap().remove(&corr);
+        match &result {
+            // A missing reply: the next attempt gets a fresh channel (and reply consumer).
+            Err(AttemptError::Timeout) => self.forget_channel(&msg.dueslag).await,
+            Err(AttemptError::Connection(_)) => {
+                self.forget_channel(&msg.dueslag).await;
+                if !sc.channel.status().connected() {
+                    // Let the link notice a dead connection on the next use.
+                    let _ = self.link.connection().await;
+                }
+            }
+            _ => {}
+        }
+        result
+    }
+
+    async fn renew_token(&self) -> Result<(), String> {
+        if let Some(m) = &self.link.settings.tokens {
+            m.renew_and_wait(Service::Afsend, RENEW_WAIT)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.link.reset().await;
+        self.channels.lock().await.clear();
+        Ok(())
+    }
+}
