@@ -168,7 +168,7 @@ fn build_amqp(
     } else {
         None
     };
-    let events = link_events(metrics, &url);
+    let events = link_events(metrics, &url, &stop);
     let settings = Settings {
         url,
         tls,
@@ -196,12 +196,18 @@ fn build_amqp(
     })
 }
 
-/// Turns link events into `bfo_alive_connection_up` and one log line each.
-fn link_events(metrics: &Metrics, url: &str) -> LinkEvents {
+/// Link events become `bfo_alive_connection_up` and one log line each. Events of a
+/// backend that was replaced (its `stop` cancelled) are dropped: its links' last "down"
+/// must not overwrite what the new backend's links report.
+fn link_events(metrics: &Metrics, url: &str, stop: &CancellationToken) -> LinkEvents {
     let metrics = metrics.clone();
+    let stop = stop.clone();
     // Masked once here: the URL may carry the PLAIN password.
     let url = crate::config::mask_url(url);
     Arc::new(move |service, event| {
+        if stop.is_cancelled() {
+            return;
+        }
         let connection = service.as_str();
         match event {
             LinkEvent::Up => tracing::info!(connection, url = %url, "connected"),
