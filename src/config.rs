@@ -1,4 +1,4 @@
-//! Configuration: the TOML file of DESIGN §5, parsed, defaulted and validated in one place.
+//! Configuration: the TOML file of ARCHITECTURE.md §6, parsed, defaulted and validated in one place.
 //!
 //! Unknown keys are errors; every error names the file and the key. Secrets (passwords in
 //! the broker URL) never print: `Debug` masks them. [`Config::dueslag_specs`] resolves each
@@ -288,7 +288,7 @@ impl Mode {
     }
 }
 
-/// What a pull dueslag does with a message that is not an Alive message (DESIGN §3).
+/// What a pull dueslag does with a message that is not an Alive message (ARCHITECTURE.md §4).
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Unexpected {

@@ -1,4 +1,4 @@
-//! The in-flight table of one dueslag, and the classification of DESIGN §3.
+//! The in-flight table of one dueslag, and the classification of ARCHITECTURE.md §4.
 //!
 //! Pure data: it is handed the time and returns [`Outcome`]s, so every rule is unit-tested
 //! without a clock or a broker. The table is bounded: at `max_inflight` the oldest probe

@@ -1,4 +1,4 @@
-//! The metrics contract of DESIGN §4: the registry, and the one place where outcomes
+//! The metrics contract of ARCHITECTURE.md §5: the registry, and the one place where outcomes
 //! become series.
 //!
 //! Built on `prometheus-client` (the Prometheus org's crate: maintained, OpenMetrics with

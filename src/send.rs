@@ -1,4 +1,4 @@
-//! The Afsend policy of DESIGN §2 on top of any [`Afsender`]: a new correlation id per
+//! The Afsend policy of ARCHITECTURE.md §2 on top of any [`Afsender`]: a new correlation id per
 //! attempt, renew the token and retry on 41, retry on no reply, give up after the
 //! configured attempts, and classify the failure.
 

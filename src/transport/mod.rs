@@ -5,7 +5,7 @@
 //!   held (kept unacknowledged) or dead-lettered to the error queue by the caller.
 //!
 //! Backends: `sim` (the in-process Beskedfordeler of [`crate::sim`]) and `amqp` (the real
-//! protocol of DESIGN §2, also usable against any RabbitMQ). Push needs no trait: the
+//! protocol of ARCHITECTURE.md §2, also usable against any RabbitMQ). Push needs no trait: the
 //! Beskedfordeler POSTs to the HTTP endpoint.
 
 pub mod amqp;

@@ -1,4 +1,4 @@
-//! The `amqp` backend: the Beskedfordeler protocol of DESIGN §2 on lapin.
+//! The `amqp` backend: the Beskedfordeler protocol of ARCHITECTURE.md §2 on lapin.
 //!
 //! One connection per service (afsend, afhent), shared by every dueslag; a channel per
 //! dueslag. The files split it by job, so that each can be read alone:
