@@ -7,7 +7,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::time::Duration;
 
-use crate::config::{AuthKind, BackendKind, BrokerTls, Config, DueslagSpec, TokenSourceKind};
+use crate::config::{AuthKind, BackendKind, BrokerConfig, Config, DueslagSpec, TokenSourceKind};
 use crate::metrics::Metrics;
 use crate::protocol::Service;
 use crate::sim::{self, LocalSink, Simulator};
@@ -113,8 +113,7 @@ pub fn tokens(
             let mut files = config
                 .broker
                 .as_ref()
-                .and_then(|b| b.tls.as_ref())
-                .map(BrokerTls::files)
+                .map(BrokerConfig::tls_files)
                 .unwrap_or_default();
             files.ca_file = t.sts_ca_file.clone();
             let client = StsClient::new(StsConfig {
@@ -157,11 +156,7 @@ fn build_amqp(
     let broker = config.broker.as_ref().expect("amqp has a [broker]");
     let url = broker.url.as_ref().expect("validated").0.clone();
     let tls = if url.starts_with("amqps:") {
-        let files = broker
-            .tls
-            .as_ref()
-            .map(BrokerTls::files)
-            .unwrap_or_default();
+        let files = broker.tls_files();
         Some(Arc::new(
             tls::client_config(&files).map_err(|e| format!("broker.tls: {e}"))?,
         ))

@@ -406,6 +406,13 @@ pub struct DueslagSpec {
     pub unexpected: Unexpected,
 }
 
+impl BrokerConfig {
+    /// The client TLS files of `[broker.tls]` (none: the system roots, no certificate).
+    pub fn tls_files(&self) -> crate::tls::ClientTlsFiles {
+        self.tls.as_ref().map(BrokerTls::files).unwrap_or_default()
+    }
+}
+
 impl BrokerTls {
     /// The files as the TLS module takes them.
     pub fn files(&self) -> crate::tls::ClientTlsFiles {

@@ -17,7 +17,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{AuthKind, BackendKind, BrokerTls, Config, mask_url};
+use crate::config::{AuthKind, BackendKind, Config, mask_url};
 use crate::metrics::Metrics;
 use crate::protocol::Service;
 use crate::server::{self, ConfigSource, Options};
@@ -221,11 +221,7 @@ async fn preflight(config: &Config, trace: &mut Trace) -> bool {
         );
     }
     let tls_config = if url.starts_with("amqps:") {
-        let files = broker
-            .tls
-            .as_ref()
-            .map(BrokerTls::files)
-            .unwrap_or_default();
+        let files = broker.tls_files();
         let cfg = match tls::client_config(&files) {
             Ok(c) => Arc::new(c),
             Err(e) => {
