@@ -1,4 +1,33 @@
 //! bfo-alive-exporter: probes KOMBIT Beskedfordeler dueslag with AliveBesked round trips.
+//!
+//! ARCHITECTURE.md (in the repository) explains the protocol, the data flow and the
+//! contracts; this is where each part lives.
+//!
+//! # Layout
+//!
+//! - Protocol and messages: [`protocol`] (every wire constant), [`message`] (the XML,
+//!   built and parsed by namespace).
+//! - Configuration: [`config`] (the TOML file, validated), [`shard`] (`--shard=i/n`).
+//! - The probe: `probe` (one dueslag's loop and arrivals), `matcher` (in-flight table and
+//!   classification), `send` (the Afsend retry policy), [`outcome`] (what happened, as
+//!   data).
+//! - Receiving: `receive::pull` (a consumer per pull dueslag), `receive::push` (the
+//!   endpoint the Beskedfordeler POSTs to).
+//! - Transports: `transport` (the `Afsender`/`Afhenter` traits; `transport::amqp` the real
+//!   protocol on lapin, with `connect` for TLS, PLAIN and EXTERNAL; `transport::sim` the
+//!   simulator), `backend` (builds one from a configuration), `backoff` (reconnect
+//!   delays), `token` (SAML tokens: model, STS, file, renewal), `tls`, `secret`.
+//! - The simulated Beskedfordeler: `sim` (fault decisions, in-process queues, push
+//!   delivery), and [`emulator`] (the same core on a RabbitMQ broker).
+//! - Running it: [`server`] (listeners, reload, shutdown), `supervisor` (one loop per
+//!   dueslag, reload by diff), `http` (routes), `status` (the status page), `metrics` and
+//!   `exposition` (the contract and its rendering), `process` (`process_*` metrics),
+//!   `tls_listener` (the push listener's TLS), `allocator` (glibc arenas).
+//! - Tools: `diagnose` (the `probe` command and `GET /probe`, with the trace and its
+//!   hints), [`cli`] (flags and subcommands; `main` only calls it).
+//!
+//! The public API is what the binary, the benchmark and the integration tests use:
+//! [`cli`], [`config`], [`emulator`], [`message`], [`outcome`], [`server`].
 pub mod allocator;
 pub mod backend;
 pub mod backoff;
