@@ -60,6 +60,47 @@ pub fn service_entity_id(bfo_host: &str, service: &str) -> String {
     format!("http://{bfo_host}/service/{service}/1")
 }
 
+/// KOMBIT STS ("adgangsstyring") REST issue call: every path, JSON field name and URI.
+///
+/// Request (POST, JSON, mutual TLS with the system certificate):
+/// `{ RequestType, AppliesTo: { EndpointReference: { Address } }, TokenType, KeyType,
+///    UseKey, Anvenderkontekst: { Cvr } }`.
+/// Response: `{ RequestedSecurityToken: { Assertion: <base64 XML> }, Lifetime: { Expires } }`
+/// (`Lifetime` is read only when the assertion has no `Conditions/@NotOnOrAfter`).
+/// Response field names are matched case-insensitively as a fallback.
+pub mod sts {
+    /// Appended to the configured `sts_url` (e.g. `https://adgangsstyring.<env>/runtime`).
+    pub const ISSUE_PATH: &str = "/api/rest/wstrust/v1/issue";
+
+    pub const REQUEST_TYPE: &str = "RequestType";
+    pub const REQUEST_TYPE_ISSUE: &str = "http://docs.oasis-open.org/ws-sx/ws-trust/200512/Issue";
+    pub const APPLIES_TO: &str = "AppliesTo";
+    pub const ENDPOINT_REFERENCE: &str = "EndpointReference";
+    pub const ADDRESS: &str = "Address";
+    pub const TOKEN_TYPE: &str = "TokenType";
+    pub const TOKEN_TYPE_SAML2: &str =
+        "http://docs.oasis-open.org/wss/oasis-wss-saml-token-profile-1.1#SAMLV2.0";
+    pub const KEY_TYPE: &str = "KeyType";
+    pub const KEY_TYPE_PUBLIC_KEY: &str =
+        "http://docs.oasis-open.org/ws-sx/ws-trust/200512/PublicKey";
+    /// Base64 of the DER client certificate.
+    pub const USE_KEY: &str = "UseKey";
+    /// Some public samples spell it `AnvenderKontekst`; KOMBIT's own Java sample uses this.
+    pub const ANVENDERKONTEKST: &str = "Anvenderkontekst";
+    pub const CVR: &str = "Cvr";
+
+    pub const REQUESTED_SECURITY_TOKEN: &str = "RequestedSecurityToken";
+    pub const ASSERTION: &str = "Assertion";
+    pub const LIFETIME: &str = "Lifetime";
+    pub const EXPIRES: &str = "Expires";
+
+    /// SAML 2.0 assertion namespace: `Assertion`, `Issuer`, `Conditions`.
+    pub const SAML2_NS: &str = "urn:oasis:names:tc:SAML:2.0:assertion";
+    pub const SAML_ISSUER: &str = "Issuer";
+    pub const SAML_CONDITIONS: &str = "Conditions";
+    pub const SAML_NOT_ON_OR_AFTER: &str = "NotOnOrAfter";
+}
+
 /// Header the Prometheus server sends with its scrape timeout.
 pub const SCRAPE_TIMEOUT_HEADER: &str = "X-Prometheus-Scrape-Timeout-Seconds";
 
