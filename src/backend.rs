@@ -257,29 +257,13 @@ fn link_events(metrics: &Metrics, url: &str, stop: &CancellationToken) -> LinkEv
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::tests::{PULL, PUSH, amqp};
     use crate::token::testutil::{S, scripted, token};
 
     fn config(dueslag: &str) -> Config {
-        let text = format!(
-            r#"
-[identity]
-anvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"
-cvr = "29189846"
-[broker]
-backend = "amqp"
-environment = "eksterntest"
-[broker.tls]
-cert_file = "client.pem"
-key_file = "client.key"
-[token]
-source = "sts"
-{dueslag}"#
-        );
+        let text = amqp("environment = \"eksterntest\"", "source = \"sts\"", dueslag);
         Config::parse(&text, "t.toml").unwrap()
     }
-
-    const PUSH: &str = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
-    const PULL: &str = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q\"\n";
 
     #[tokio::test(start_paused = true)]
     async fn a_push_only_configuration_asks_for_the_afsend_token_only() {

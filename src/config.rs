@@ -943,7 +943,7 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub const MINIMAL: &str = r#"
@@ -997,7 +997,7 @@ queue = "q"
 
     /// An amqp configuration on the eksterntest preset, with `extra` lines in `[broker]`
     /// and `token` as the `[token]` table.
-    fn amqp(extra: &str, token: &str, dueslag: &str) -> String {
+    pub(crate) fn amqp(extra: &str, token: &str, dueslag: &str) -> String {
         format!(
             r#"
 [identity]
@@ -1017,8 +1017,13 @@ key_file = "client.key"
         )
     }
 
-    const PULL: &str = "[[dueslag]]\nname = \"a\"\nmode = \"pull\"\nqueue = \"q\"\n";
-    const PUSH: &str = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
+    /// The error loading `text` gives.
+    fn load_error(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    pub(crate) const PULL: &str = "[[dueslag]]\nname = \"a\"\nmode = \"pull\"\nqueue = \"q\"\n";
+    pub(crate) const PUSH: &str = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
 
     fn entity_ids(t: &TokenConfig) -> [Option<&str>; 2] {
         [t.afsend_entity_id.as_deref(), t.afhent_entity_id.as_deref()]
@@ -1097,34 +1102,25 @@ key_file = "client.key"
 
     #[test]
     fn produktion_requires_what_public_sources_disagree_on() {
-        let e = Config::parse(
-            &amqp("environment = \"produktion\"", "source = \"sts\"", PULL),
-            "p.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.starts_with("p.toml: broker.url: required with environment = \"produktion\": public sources disagree"),
-            "{e}"
-        );
-        let e = Config::parse(
-            &amqp(
-                "environment = \"produktion\"\nurl = \"amqps://bfo.example:5671/BF\"",
-                "source = \"sts\"",
-                PULL,
+        let produktion = "environment = \"produktion\"";
+        let url = "\nurl = \"amqps://bfo.example:5671/BF\"";
+        for (extra, expected) in [
+            (
+                produktion.to_string(),
+                "t.toml: broker.url: required with environment = \"produktion\": public sources disagree",
             ),
-            "p.toml",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            e.contains("token.afsend_entity_id: required with environment = \"produktion\""),
-            "{e}"
-        );
+            (
+                format!("{produktion}{url}"),
+                "t.toml: token.afsend_entity_id: required with environment = \"produktion\": public sources disagree",
+            ),
+        ] {
+            let e = load_error(&amqp(&extra, "source = \"sts\"", PULL));
+            assert!(e.starts_with(expected), "{e}");
+        }
         // With both, only the STS comes from the preset.
         let c = Config::parse(
             &amqp(
-                "environment = \"produktion\"\nurl = \"amqps://bfo.example:5671/BF\"",
+                &format!("{produktion}{url}"),
                 "source = \"sts\"\nafsend_entity_id = \"s\"\nafhent_entity_id = \"h\"",
                 PULL,
             ),
@@ -1184,37 +1180,32 @@ key_file = "client.key"
     #[test]
     fn refuses_what_cannot_work_against_kombit() {
         let sts = "source = \"sts\"";
-        for (extra, token, expected) in [
-            (
-                "url = \"amqp://u:hunter2@bfo.example:5671/BF\"",
-                sts,
-                "broker.url: amqp://u:***@bfo.example:5671/BF speaks plain AMQP to port 5671, the TLS port; use amqps://u:***@bfo.example:5671/BF",
-            ),
-            (
-                "environment = \"staging\"",
-                sts,
-                "unknown variant `staging`, expected `eksterntest` or `produktion`",
-            ),
-            (
-                "environment = \"eksterntest\"",
-                "source = \"sts\"\nsts_url = \"http://sts.example/runtime\"",
-                "token.sts_url \"http://sts.example/runtime\": must be an https:// URL",
-            ),
-        ] {
-            let e = Config::parse(&amqp(extra, token, PULL), "r.toml")
-                .unwrap_err()
-                .to_string();
-            assert!(e.contains(expected) && !e.contains("hunter2"), "{e}");
-        }
         let sim = MINIMAL.replace(
             "backend = \"sim\"",
             "backend = \"sim\"\nenvironment = \"eksterntest\"",
         );
-        let e = Config::parse(&sim, "s.toml").unwrap_err().to_string();
-        assert!(
-            e.contains("broker.environment: presets a real Beskedfordeler"),
-            "{e}"
-        );
+        for (text, expected) in [
+            (
+                amqp("url = \"amqp://u:hunter2@bfo.example:5671/BF\"", sts, PULL),
+                "broker.url: amqp://u:***@bfo.example:5671/BF speaks plain AMQP to port 5671, the TLS port; use amqps://u:***@bfo.example:5671/BF",
+            ),
+            (
+                amqp("environment = \"staging\"", sts, PULL),
+                "unknown variant `staging`, expected `eksterntest` or `produktion`",
+            ),
+            (
+                amqp(
+                    "environment = \"eksterntest\"",
+                    "source = \"sts\"\nsts_url = \"http://sts.example/runtime\"",
+                    PULL,
+                ),
+                "token.sts_url \"http://sts.example/runtime\": must be an https:// URL",
+            ),
+            (sim, "broker.environment: presets a real Beskedfordeler"),
+        ] {
+            let e = load_error(&text);
+            assert!(e.contains(expected) && !e.contains("hunter2"), "{e}");
+        }
     }
 
     #[test]
@@ -1224,7 +1215,7 @@ key_file = "client.key"
             "cert_file = \"client.pem\"\nkey_file = \"client.key\"\n",
             "",
         );
-        let e = Config::parse(&without, "f.toml").unwrap_err().to_string();
+        let e = load_error(&without);
         assert!(
             e.contains("broker.tls: token.source = \"file\" over amqps:// needs the system certificate (broker.tls.cert_file and key_file, or pkcs12_file)"),
             "{e}"
