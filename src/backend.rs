@@ -15,11 +15,11 @@ use crate::tls;
 use crate::token::{
     StsClient, StsConfig, TokenCallbacks, TokenManager, TokenManagerConfig, TokenSource,
 };
-use crate::transport::Backend;
 use crate::transport::amqp::{
     AmqpAfhenter, AmqpAfsender, DownReason, Link, LinkEvent, LinkEvents, Settings,
 };
 use crate::transport::sim::{SimAfhenter, SimAfsender};
+use crate::transport::{Afhenter, Backend, PullConsumer};
 
 /// A backend and what reload needs to reconfigure it.
 pub struct Built {
@@ -97,7 +97,8 @@ fn build(config: &Config, metrics: &Metrics, push_base: &str) -> Result<Built, S
     }
 }
 
-/// The token manager of `config`, or `None` without a token source.
+/// The token manager of `config`, or `None` without a token source. It fetches tokens for
+/// [`Config::services`] only.
 pub fn tokens(
     config: &Config,
     metrics: &Metrics,
@@ -128,6 +129,16 @@ pub fn tokens(
             TokenSource::Sts(Arc::new(client))
         }
     };
+    Ok(Some(start_tokens(config, source, metrics, stop)))
+}
+
+/// Starts the token manager of `config` on `source`, reporting to `metrics`.
+fn start_tokens(
+    config: &Config,
+    source: TokenSource,
+    metrics: &Metrics,
+    stop: &CancellationToken,
+) -> Arc<TokenManager> {
     let (m1, m2) = (metrics.clone(), metrics.clone());
     let callbacks = TokenCallbacks {
         on_expiry: Arc::new(move |s, at| m1.set_token_expiry(s, at)),
@@ -136,16 +147,17 @@ pub fn tokens(
             m2.token_renewal_failed(s);
         }),
     };
-    let cfg = TokenManagerConfig {
-        renew_fraction: t.renew_at,
-        ..TokenManagerConfig::default()
-    };
-    Ok(Some(Arc::new(TokenManager::start(
+    let mut cfg = TokenManagerConfig::default();
+    if let Some(t) = &config.token {
+        cfg.renew_fraction = t.renew_at;
+    }
+    Arc::new(TokenManager::start(
         source,
+        &config.services(),
         cfg,
         callbacks,
         stop.clone(),
-    ))))
+    ))
 }
 
 fn build_amqp(
@@ -172,23 +184,48 @@ fn build_amqp(
         prefetch: broker.prefetch,
         events,
     };
-    // Both links are down until their first connect, whatever the previous backend showed.
+    // Each used link is down until its first connect, whatever the previous backend showed;
+    // an unused one has no series.
+    let services = config.services();
     for service in Service::ALL {
-        metrics.set_connection_up(service, false);
+        if services.contains(&service) {
+            metrics.set_connection_up(service, false);
+        } else {
+            metrics.remove_connection(service);
+        }
     }
     let afsend = Link::new(Service::Afsend, settings.clone());
-    let afhent = Link::new(Service::Afhent, settings);
     tokio::spawn(afsend.clone().watch(stop.clone()));
-    tokio::spawn(afhent.clone().watch(stop.clone()));
+    let afhenter: Arc<dyn Afhenter> = if services.contains(&Service::Afhent) {
+        let afhent = Link::new(Service::Afhent, settings);
+        tokio::spawn(afhent.clone().watch(stop.clone()));
+        Arc::new(AmqpAfhenter::new(afhent))
+    } else {
+        Arc::new(NoAfhent)
+    };
     Ok(Built {
         kind: BackendKind::Amqp,
         backend: Backend {
             afsender: Arc::new(AmqpAfsender::new(afsend)),
-            afhenter: Arc::new(AmqpAfhenter::new(afhent)),
+            afhenter,
             stop,
         },
         sim: None,
     })
+}
+
+/// The afhenter of a configuration without pull dueslag: no connection is opened. Reload
+/// rebuilds the backend when a pull dueslag is added ([`Config::backend_part`]), so nothing
+/// asks it to consume.
+struct NoAfhent;
+
+#[async_trait::async_trait]
+impl Afhenter for NoAfhent {
+    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, String> {
+        Err(format!(
+            "cannot consume {queue}: no pull dueslag is configured, so the afhent connection is not opened"
+        ))
+    }
 }
 
 /// Link events become `bfo_alive_connection_up` and one log line each. Events of a
@@ -215,4 +252,32 @@ fn link_events(metrics: &Metrics, url: &str, stop: &CancellationToken) -> LinkEv
         }
         metrics.set_connection_up(service, *event == LinkEvent::Up);
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::tests::{PULL, PUSH, amqp};
+    use crate::token::testutil::{S, scripted, token};
+
+    fn config(dueslag: &str) -> Config {
+        let text = amqp("environment = \"eksterntest\"", "source = \"sts\"", dueslag);
+        Config::parse(&text, "t.toml").unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_push_only_configuration_asks_for_the_afsend_token_only() {
+        let metrics = Metrics::new(&[1.0]);
+        for (dueslag, afhent_calls) in [(PUSH.to_string(), 0), (format!("{PUSH}{PULL}"), 1)] {
+            let (source, tokens) = scripted(|_, n| token(n, Some(3600 * S)));
+            let stop = CancellationToken::new();
+            let mgr = start_tokens(&config(&dueslag), tokens, &metrics, &stop);
+            assert!(mgr.wait_for_token(Service::Afsend, S).await.is_some());
+            tokio::time::sleep(60 * S).await;
+            assert_eq!(source.count(Service::Afsend), 1, "{dueslag}");
+            assert_eq!(source.count(Service::Afhent), afhent_calls, "{dueslag}");
+            stop.cancel();
+            mgr.stopped().await;
+        }
+    }
 }

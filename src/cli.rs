@@ -188,6 +188,9 @@ async fn run(cli: Cli) -> ExitCode {
                     crate::backend::backend_name(c.backend()),
                     c.dueslag.len()
                 );
+                for line in c.resolution_summary() {
+                    println!("  {line}");
+                }
                 ExitCode::SUCCESS
             }
             Err(e) => {

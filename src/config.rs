@@ -1,9 +1,12 @@
 //! Configuration: the TOML file of ARCHITECTURE.md §6, parsed, defaulted and validated in one place.
 //!
 //! Unknown keys are errors; every error names the file and the key. Secrets (passwords in
-//! the broker URL) never print: `Debug` masks them. [`Config::dueslag_specs`] resolves each
-//! `[[dueslag]]` against `[defaults]` into the value the supervisor diffs on reload, and
-//! [`Config::backend_part`] names what forces a backend rebuild.
+//! the broker URL) never print: `Debug` masks them. Loading resolves what the file leaves
+//! out (the `[broker] environment` preset, the default virtual host) once, so the rest of
+//! the code reads plain values; [`Config::resolved`] says what was filled in.
+//! [`Config::dueslag_specs`] resolves each `[[dueslag]]` against `[defaults]` into the value
+//! the supervisor diffs on reload, and [`Config::backend_part`] names what forces a backend
+//! rebuild.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
@@ -14,7 +17,7 @@ use serde::Deserialize;
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::protocol;
+use crate::protocol::{self, Service, environment::Preset};
 
 /// A configuration problem, naming the file (or `<embedded demo>`) and the key.
 #[derive(Debug, Error)]
@@ -44,6 +47,20 @@ pub struct Config {
     pub dueslag: Vec<DueslagConfig>,
     #[serde(default)]
     pub sim: SimConfig,
+    /// What loading filled in that the file did not say, in order.
+    #[serde(skip)]
+    pub resolved: Vec<Resolved>,
+}
+
+/// A value the file did not spell out, filled in at load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// The key, e.g. `broker.url`.
+    pub key: &'static str,
+    /// The value; a broker URL with its password masked.
+    pub value: String,
+    /// Where it came from, in words.
+    pub from: String,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -92,6 +109,24 @@ pub enum BackendKind {
     Sim,
 }
 
+/// KOMBIT's environments, as `[broker] environment` presets them (ARCHITECTURE.md §6); the
+/// values are in [`protocol::environment`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Eksterntest,
+    Produktion,
+}
+
+impl Environment {
+    pub fn preset(self) -> &'static Preset {
+        match self {
+            Environment::Eksterntest => &protocol::environment::EKSTERNTEST,
+            Environment::Produktion => &protocol::environment::PRODUKTION,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthKind {
@@ -126,6 +161,8 @@ pub fn mask_url(raw: &str) -> String {
 #[serde(deny_unknown_fields)]
 pub struct BrokerConfig {
     pub backend: BackendKind,
+    /// Fills `url`, `token.sts_url` and the entity ids that the file leaves out.
+    pub environment: Option<Environment>,
     pub url: Option<BrokerUrl>,
     #[serde(default = "default_auth")]
     pub auth: AuthKind,
@@ -443,10 +480,83 @@ impl Config {
             file: file.to_string(),
             message,
         };
-        let config: Config =
+        let mut config: Config =
             toml::from_str(text).map_err(|e| err(describe_toml_error(&e, text)))?;
+        config.resolve().map_err(err)?;
         config.validate().map_err(err)?;
         Ok(config)
+    }
+
+    /// Fills what the file leaves out, once, before validation: the `[broker] environment`
+    /// preset (for keys the file does not set) and the virtual host of a URL without one.
+    /// Every filled value is recorded in [`Config::resolved`].
+    fn resolve(&mut self) -> Result<(), String> {
+        let Config {
+            broker,
+            token,
+            resolved,
+            ..
+        } = self;
+        let Some(broker) = broker.as_mut() else {
+            return Ok(());
+        };
+        if broker.backend != BackendKind::Amqp {
+            if broker.environment.is_some() {
+                return Err("broker.environment: presets a real Beskedfordeler; it has no meaning with backend = \"sim\"".into());
+            }
+            return Ok(());
+        }
+        if let Some(env) = broker.environment {
+            let preset = env.preset();
+            let from = format!("environment = {:?}", preset.name);
+            let mut fill = |slot: &mut Option<String>, key: &'static str, value: Option<String>| {
+                if slot.is_none()
+                    && let Some(value) = value
+                {
+                    // Preset values hold no secrets.
+                    resolved.push(Resolved {
+                        key,
+                        value: value.clone(),
+                        from: from.clone(),
+                    });
+                    *slot = Some(value);
+                }
+            };
+            let mut url = broker.url.take().map(|u| u.0);
+            fill(&mut url, "broker.url", preset.amqp_url());
+            broker.url = url.map(BrokerUrl);
+            if let Some(t) = token.as_mut().filter(|t| t.source == TokenSourceKind::Sts) {
+                fill(&mut t.sts_url, "token.sts_url", Some(preset.sts_url.into()));
+                for (slot, key, service) in [
+                    (
+                        &mut t.afsend_entity_id,
+                        "token.afsend_entity_id",
+                        Service::Afsend,
+                    ),
+                    (
+                        &mut t.afhent_entity_id,
+                        "token.afhent_entity_id",
+                        Service::Afhent,
+                    ),
+                ] {
+                    fill(slot, key, preset.entity_id(service));
+                }
+            }
+        }
+        if let Some(url) = broker.url.as_mut()
+            && let Ok(mut parsed) = url::Url::parse(&url.0)
+            && matches!(parsed.scheme(), "amqp" | "amqps")
+            && matches!(parsed.path(), "" | "/")
+        {
+            parsed.set_path(&format!("/{}", protocol::VHOST));
+            url.0 = parsed.to_string();
+            resolved.push(Resolved {
+                key: "broker.url",
+                value: mask_url(&url.0),
+                from: format!("the URL names no virtual host: {}", protocol::VHOST),
+            });
+        }
+        Ok(())
     }
 
     /// The backend `[broker] backend` names. Validation refuses a configuration without
@@ -487,10 +597,16 @@ impl Config {
         }
         if let Some(broker) = &self.broker {
             if broker.backend == BackendKind::Amqp {
-                let url = broker
-                    .url
-                    .as_ref()
-                    .ok_or("broker.url: required with backend = \"amqp\"")?;
+                let url = broker.url.as_ref().ok_or_else(|| match broker.environment {
+                    Some(env) => format!(
+                        "broker.url: required with environment = {:?}: {}; e.g. url = \"amqps://HOST:{}/{}\"",
+                        env.preset().name,
+                        env.preset().unknown_because,
+                        protocol::AMQPS_PORT,
+                        protocol::VHOST
+                    ),
+                    None => "broker.url: required with backend = \"amqp\"".into(),
+                })?;
                 let parsed = url::Url::parse(&url.0)
                     .map_err(|e| format!("broker.url: {} ({e})", mask_url(&url.0)))?;
                 if !matches!(parsed.scheme(), "amqp" | "amqps") {
@@ -498,6 +614,29 @@ impl Config {
                         "broker.url: scheme must be amqp or amqps, not {:?}",
                         parsed.scheme()
                     ));
+                }
+                if parsed.scheme() == "amqp" && parsed.port() == Some(protocol::AMQPS_PORT) {
+                    let mut tls = parsed.clone();
+                    let _ = tls.set_scheme("amqps");
+                    return Err(format!(
+                        "broker.url: {} speaks plain AMQP to port {}, the TLS port; use {}",
+                        mask_url(&url.0),
+                        protocol::AMQPS_PORT,
+                        mask_url(tls.as_str())
+                    ));
+                }
+                let has_certificate = broker
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.cert_file.is_some() || t.pkcs12_file.is_some());
+                if parsed.scheme() == "amqps"
+                    && !has_certificate
+                    && self
+                        .token
+                        .as_ref()
+                        .is_some_and(|t| t.source == TokenSourceKind::File)
+                {
+                    return Err("broker.tls: token.source = \"file\" over amqps:// needs the system certificate (broker.tls.cert_file and key_file, or pkcs12_file): KOMBIT's broker checks the token and the certificate together".into());
                 }
                 if broker.auth == AuthKind::External {
                     match &self.token {
@@ -529,14 +668,26 @@ impl Config {
         if let Some(t) = &self.token {
             match t.source {
                 TokenSourceKind::Sts => {
+                    let environment = self.broker.as_ref().and_then(|b| b.environment);
                     for (key, v) in [
                         ("token.sts_url", &t.sts_url),
                         ("token.afsend_entity_id", &t.afsend_entity_id),
                         ("token.afhent_entity_id", &t.afhent_entity_id),
                     ] {
-                        if v.is_none() {
-                            return Err(format!("{key}: required with token.source = \"sts\""));
+                        if v.is_some() {
+                            continue;
                         }
+                        return Err(match environment {
+                            Some(env) => format!(
+                                "{key}: required with environment = {:?}: {}",
+                                env.preset().name,
+                                env.preset().unknown_because
+                            ),
+                            None => format!("{key}: required with token.source = \"sts\""),
+                        });
+                    }
+                    if let Some(u) = &t.sts_url {
+                        crate::token::sts_issue_url(u).map_err(|e| format!("token.{e}"))?;
                     }
                 }
                 TokenSourceKind::File if t.file.is_none() => {
@@ -671,13 +822,86 @@ impl Config {
     /// `[exporter] instance` restarts the loops (it is in every payload),
     /// `[exporter] probe_endpoint` applies at once, and `[sim.faults]` goes to the running
     /// simulator.
+    /// The set of [`Config::services`] is part of it: a reload that adds the first pull
+    /// dueslag needs the afhent connection and token that a push-only backend never made.
     pub fn backend_part(&self) -> BackendPart<'_> {
         BackendPart {
             broker: self.broker.as_ref(),
             token: self.token.as_ref(),
             identity: &self.identity,
             push: &self.push,
+            services: self.services(),
         }
+    }
+
+    /// The Beskedfordeler services this configuration uses, each with its connection and
+    /// token: afsend always (every probe sends), afhent only with a pull dueslag (the BFO
+    /// POSTs push deliveries; they need neither).
+    pub fn services(&self) -> Vec<Service> {
+        let pull = self.dueslag.iter().any(|d| d.mode == Mode::Pull);
+        Service::ALL
+            .into_iter()
+            .filter(|s| *s == Service::Afsend || pull)
+            .collect()
+    }
+
+    /// What `--config.check` prints: the endpoints in effect, where each came from when the
+    /// file did not say it, and the services in use. Passwords are masked; a token is never
+    /// part of a configuration.
+    pub fn resolution_summary(&self) -> Vec<String> {
+        let from = |key: &str| {
+            self.resolved
+                .iter()
+                .rev()
+                .find(|r| r.key == key)
+                .map_or(String::new(), |r| format!(" ({})", r.from))
+        };
+        let mut lines = Vec::new();
+        let Some(broker) = self
+            .broker
+            .as_ref()
+            .filter(|b| b.backend == BackendKind::Amqp)
+        else {
+            return lines;
+        };
+        if let Some(url) = &broker.url {
+            lines.push(format!(
+                "broker.url = {}{}",
+                mask_url(&url.0),
+                from("broker.url")
+            ));
+        }
+        if let Some(t) = self
+            .token
+            .as_ref()
+            .filter(|t| t.source == TokenSourceKind::Sts)
+        {
+            if let Some(u) = &t.sts_url {
+                let issue = crate::token::sts_issue_url(u)
+                    .map_or(String::new(), |i| format!("; tokens from POST {i}"));
+                lines.push(format!(
+                    "token.sts_url = {u}{}{issue}",
+                    from("token.sts_url")
+                ));
+            }
+            for (key, v) in [
+                ("token.afsend_entity_id", &t.afsend_entity_id),
+                ("token.afhent_entity_id", &t.afhent_entity_id),
+            ] {
+                if let Some(v) = v {
+                    lines.push(format!("{key} = {v}{}", from(key)));
+                }
+            }
+        }
+        let services = self.services();
+        let names: Vec<&str> = services.iter().map(|s| s.as_str()).collect();
+        let note = if services.contains(&Service::Afhent) {
+            ""
+        } else {
+            " (no pull dueslag: no afhent connection, no afhent token)"
+        };
+        lines.push(format!("services: {}{note}", names.join(", ")));
+        lines
     }
 }
 
@@ -688,6 +912,7 @@ pub struct BackendPart<'a> {
     pub token: Option<&'a TokenConfig>,
     pub identity: &'a IdentityConfig,
     pub push: &'a PushConfig,
+    pub services: Vec<Service>,
 }
 
 /// Turns a toml error into one line naming the line and the key it is about.
@@ -718,7 +943,7 @@ fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     pub const MINIMAL: &str = r#"
@@ -762,11 +987,268 @@ queue = "q"
         let a = Config::parse(MINIMAL, "m.toml").unwrap();
         let mut b = a.clone();
         b.exporter.probe_endpoint = true;
-        b.dueslag.clear();
+        b.dueslag[0].name = "b".into();
+        b.dueslag[0].interval = Some(Duration::from_secs(5));
         b.defaults.interval = Duration::from_secs(1);
         assert_eq!(a.backend_part(), b.backend_part());
         b.identity.cvr = "12345678".into();
         assert_ne!(a.backend_part(), b.backend_part());
+    }
+
+    /// An amqp configuration on the eksterntest preset, with `extra` lines in `[broker]`
+    /// and `token` as the `[token]` table.
+    pub(crate) fn amqp(extra: &str, token: &str, dueslag: &str) -> String {
+        format!(
+            r#"
+[identity]
+anvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"
+cvr = "29189846"
+
+[broker]
+backend = "amqp"
+{extra}
+[broker.tls]
+cert_file = "client.pem"
+key_file = "client.key"
+
+[token]
+{token}
+{dueslag}"#
+        )
+    }
+
+    /// The error loading `text` gives.
+    fn load_error(text: &str) -> String {
+        Config::parse(text, "t.toml").unwrap_err().to_string()
+    }
+
+    pub(crate) const PULL: &str = "[[dueslag]]\nname = \"a\"\nmode = \"pull\"\nqueue = \"q\"\n";
+    pub(crate) const PUSH: &str = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
+
+    fn entity_ids(t: &TokenConfig) -> [Option<&str>; 2] {
+        [t.afsend_entity_id.as_deref(), t.afhent_entity_id.as_deref()]
+    }
+
+    #[test]
+    fn eksterntest_fills_url_sts_and_entity_ids() {
+        let text = amqp("environment = \"eksterntest\"", "source = \"sts\"", PULL);
+        let c = Config::parse(&text, "e.toml").unwrap();
+        let b = c.broker.as_ref().unwrap();
+        assert_eq!(
+            b.url.as_ref().unwrap().0,
+            "amqps://beskedfordeler.eksterntest-stoettesystemerne.dk:5671/BF"
+        );
+        let t = c.token.as_ref().unwrap();
+        assert_eq!(
+            t.sts_url.as_deref(),
+            Some("https://n2adgangsstyring.eksterntest-stoettesystemerne.dk/runtime")
+        );
+        assert_eq!(
+            entity_ids(t),
+            [
+                Some("http://beskedfordeler.eksterntest-stoettesystemerne.dk/service/afsend/1"),
+                Some("http://beskedfordeler.eksterntest-stoettesystemerne.dk/service/afhent/1"),
+            ]
+        );
+        let keys: Vec<&str> = c.resolved.iter().map(|r| r.key).collect();
+        assert_eq!(
+            keys,
+            [
+                "broker.url",
+                "token.sts_url",
+                "token.afsend_entity_id",
+                "token.afhent_entity_id"
+            ]
+        );
+        let summary = c.resolution_summary().join("\n");
+        assert!(
+            summary.contains(
+                "token.sts_url = https://n2adgangsstyring.eksterntest-stoettesystemerne.dk/runtime (environment = \"eksterntest\"); tokens from POST https://n2adgangsstyring.eksterntest-stoettesystemerne.dk/runtime/api/rest/wstrust/v1/issue"
+            ) && summary.contains("services: afsend, afhent"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn explicit_keys_override_the_preset() {
+        let text = amqp(
+            "environment = \"eksterntest\"\nurl = \"amqps://user:hunter2@broker.example:5671/X\"",
+            "source = \"sts\"\nsts_url = \"https://sts.example/runtime\"\nafsend_entity_id = \"http://entityid.kombit.dk/service/afsend/2\"",
+            PUSH,
+        );
+        let c = Config::parse(&text, "e.toml").unwrap();
+        assert_eq!(
+            c.broker.as_ref().unwrap().url.as_ref().unwrap().0,
+            "amqps://user:hunter2@broker.example:5671/X"
+        );
+        let t = c.token.as_ref().unwrap();
+        assert_eq!(t.sts_url.as_deref(), Some("https://sts.example/runtime"));
+        assert_eq!(
+            entity_ids(t),
+            [
+                Some("http://entityid.kombit.dk/service/afsend/2"),
+                Some("http://beskedfordeler.eksterntest-stoettesystemerne.dk/service/afhent/1"),
+            ]
+        );
+        assert_eq!(c.resolved.len(), 1);
+        let summary = c.resolution_summary().join("\n");
+        assert!(
+            !summary.contains("hunter2")
+                && summary.contains("broker.url = amqps://user:***@broker.example:5671/X\n")
+                && summary.contains("services: afsend (no pull dueslag"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn produktion_requires_what_public_sources_disagree_on() {
+        let produktion = "environment = \"produktion\"";
+        let url = "\nurl = \"amqps://bfo.example:5671/BF\"";
+        for (extra, expected) in [
+            (
+                produktion.to_string(),
+                "t.toml: broker.url: required with environment = \"produktion\": public sources disagree",
+            ),
+            (
+                format!("{produktion}{url}"),
+                "t.toml: token.afsend_entity_id: required with environment = \"produktion\": public sources disagree",
+            ),
+        ] {
+            let e = load_error(&amqp(&extra, "source = \"sts\"", PULL));
+            assert!(e.starts_with(expected), "{e}");
+        }
+        // With both, only the STS comes from the preset.
+        let c = Config::parse(
+            &amqp(
+                &format!("{produktion}{url}"),
+                "source = \"sts\"\nafsend_entity_id = \"s\"\nafhent_entity_id = \"h\"",
+                PULL,
+            ),
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(
+            c.token.as_ref().unwrap().sts_url.as_deref(),
+            Some("https://n2adgangsstyring.stoettesystemerne.dk/runtime")
+        );
+        assert_eq!(c.resolved.len(), 1);
+        // A file token needs no STS settings, so none are filled in.
+        let c = Config::parse(
+            &amqp(
+                "environment = \"eksterntest\"",
+                "source = \"file\"\nfile = \"t.xml\"",
+                PULL,
+            ),
+            "f.toml",
+        )
+        .unwrap();
+        assert_eq!(c.token.as_ref().unwrap().sts_url, None);
+        assert_eq!(c.resolved.len(), 1);
+    }
+
+    #[test]
+    fn a_url_without_a_virtual_host_means_bf() {
+        for (url, want) in [
+            ("amqps://bfo.example:5671", "amqps://bfo.example:5671/BF"),
+            ("amqps://bfo.example:5671/", "amqps://bfo.example:5671/BF"),
+            (
+                "amqps://u:hunter2@bfo.example:5671?heartbeat=30",
+                "amqps://u:hunter2@bfo.example:5671/BF?heartbeat=30",
+            ),
+            (
+                "amqps://bfo.example:5671/other",
+                "amqps://bfo.example:5671/other",
+            ),
+            ("amqp://localhost:5672/%2f", "amqp://localhost:5672/%2f"),
+        ] {
+            let text = amqp(
+                &format!("url = \"{url}\""),
+                "source = \"sts\"\nsts_url = \"https://s\"\nafsend_entity_id = \"s\"\nafhent_entity_id = \"h\"",
+                PULL,
+            );
+            let c = Config::parse(&text, "v.toml").unwrap();
+            assert_eq!(c.broker.as_ref().unwrap().url.as_ref().unwrap().0, want);
+            let noted = c.resolved.iter().any(|r| {
+                r.key == "broker.url"
+                    && r.from.contains("no virtual host")
+                    && !r.value.contains("hunter2")
+            });
+            assert_eq!(noted, url != want, "{url}");
+        }
+    }
+
+    #[test]
+    fn refuses_what_cannot_work_against_kombit() {
+        let sts = "source = \"sts\"";
+        let sim = MINIMAL.replace(
+            "backend = \"sim\"",
+            "backend = \"sim\"\nenvironment = \"eksterntest\"",
+        );
+        for (text, expected) in [
+            (
+                amqp("url = \"amqp://u:hunter2@bfo.example:5671/BF\"", sts, PULL),
+                "broker.url: amqp://u:***@bfo.example:5671/BF speaks plain AMQP to port 5671, the TLS port; use amqps://u:***@bfo.example:5671/BF",
+            ),
+            (
+                amqp("environment = \"staging\"", sts, PULL),
+                "unknown variant `staging`, expected `eksterntest` or `produktion`",
+            ),
+            (
+                amqp(
+                    "environment = \"eksterntest\"",
+                    "source = \"sts\"\nsts_url = \"http://sts.example/runtime\"",
+                    PULL,
+                ),
+                "token.sts_url \"http://sts.example/runtime\": must be an https:// URL",
+            ),
+            (sim, "broker.environment: presets a real Beskedfordeler"),
+        ] {
+            let e = load_error(&text);
+            assert!(e.contains(expected) && !e.contains("hunter2"), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_file_token_over_amqps_needs_the_system_certificate() {
+        let file = "source = \"file\"\nfile = \"t.xml\"";
+        let without = amqp("environment = \"eksterntest\"", file, PULL).replace(
+            "cert_file = \"client.pem\"\nkey_file = \"client.key\"\n",
+            "",
+        );
+        let e = load_error(&without);
+        assert!(
+            e.contains("broker.tls: token.source = \"file\" over amqps:// needs the system certificate (broker.tls.cert_file and key_file, or pkcs12_file)"),
+            "{e}"
+        );
+        Config::parse(&amqp("environment = \"eksterntest\"", file, PULL), "f.toml").unwrap();
+        let pkcs12 = without.replace(
+            "[broker.tls]\n",
+            "[broker.tls]\npkcs12_file = \"c.p12\"\npkcs12_password_file = \"p\"\n",
+        );
+        Config::parse(&pkcs12, "f.toml").unwrap();
+        // Plain AMQP (a test broker) is not KOMBIT's.
+        let plain = without.replace(
+            "environment = \"eksterntest\"",
+            "url = \"amqp://localhost:5672/t\"\nauth = \"plain\"",
+        );
+        Config::parse(&plain, "f.toml").unwrap();
+    }
+
+    #[test]
+    fn services_follow_the_modes_and_adding_pull_rebuilds_the_backend() {
+        let text = |d: &str| amqp("environment = \"eksterntest\"", "source = \"sts\"", d);
+        let push = Config::parse(&text(PUSH), "p.toml").unwrap();
+        assert_eq!(push.services(), [Service::Afsend]);
+        let both = Config::parse(&text(&format!("{PUSH}{PULL}")), "p.toml").unwrap();
+        assert_eq!(both.services(), Service::ALL);
+        assert_ne!(push.backend_part(), both.backend_part());
+        // Another push dueslag changes nothing global.
+        let more = Config::parse(
+            &text(&format!("{PUSH}{}", PUSH.replace("\"h\"", "\"h2\""))),
+            "p.toml",
+        )
+        .unwrap();
+        assert_eq!(push.backend_part(), more.backend_part());
     }
 
     #[test]

@@ -338,6 +338,14 @@ impl Metrics {
             .set(i64::from(up));
     }
 
+    /// Removes the `bfo_alive_connection_up` series of a connection the backend does not
+    /// open (afhent without a pull dueslag), so that no alert waits for it to come up.
+    pub fn remove_connection(&self, role: Service) {
+        self.connection_up.remove(&ConnectionLabel {
+            connection: role.as_str(),
+        });
+    }
+
     pub fn set_token_expiry(&self, role: Service, expiry: Option<SystemTime>) {
         self.token_expiry
             .get_or_create(&ServiceLabel {

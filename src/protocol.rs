@@ -10,8 +10,10 @@
 /// The Alive beskedtype (AliveBesked integration 1.0).
 pub const ALIVE_BESKEDTYPE: &str = "f7e84a06-c47e-42e8-a864-fb4095d7f520";
 
-/// AMQP virtual host of the Beskedfordeler.
+/// AMQP virtual host of the Beskedfordeler; also what a broker URL without one means.
 pub const VHOST: &str = "BF";
+/// The Beskedfordeler's AMQP port (AMQP over TLS, `amqps://`).
+pub const AMQPS_PORT: u16 = 5671;
 /// Exchange that the Afsend service consumes.
 pub const AFSEND_EXCHANGE: &str = "AFSEND_BESKED_EXCHANGE";
 /// Routing key used when publishing to [`AFSEND_EXCHANGE`].
@@ -55,9 +57,76 @@ pub mod status {
     pub const INTERNAL_ERROR: i32 = 50;
 }
 
-/// Service entity ids used to ask the STS for a token, per environment host.
-pub fn service_entity_id(bfo_host: &str, service: &str) -> String {
-    format!("http://{bfo_host}/service/{service}/1")
+/// The BFO 5.x entity id of a service (`afsend`, `afhent`) on a Beskedfordeler host, as
+/// KOMBIT's BFO 5.10 samples spell it: what the STS is asked for a token for. The BFO 2.0
+/// form (`http://entityid.kombit.dk/service/<name>/<version>`) is not derived from anything:
+/// the service agreement names it, so it is configured.
+pub fn service_entity_id(bfo_host: &str, service: Service) -> String {
+    format!("http://{bfo_host}/service/{}/1", service.as_str())
+}
+
+/// KOMBIT's environments, as `[broker] environment` presets them (ARCHITECTURE.md §2, §6).
+///
+/// A preset holds only what public sources agree on. Where they disagree or say nothing,
+/// the field is `None` with the reason, and the configuration must name the value itself:
+/// a guessed production host would fail in ways that look like a broken dueslag.
+pub mod environment {
+    use super::{AMQPS_PORT, Service, VHOST, service_entity_id};
+
+    /// One environment's endpoints.
+    #[derive(Debug, PartialEq, Eq)]
+    pub struct Preset {
+        /// The value of `[broker] environment`.
+        pub name: &'static str,
+        /// Host of the Beskedfordeler's AMQP broker (port [`AMQPS_PORT`], vhost [`VHOST`]).
+        pub amqp_host: Option<&'static str>,
+        /// Host in the BFO 5.x service entity ids ([`service_entity_id`]).
+        pub entity_id_host: Option<&'static str>,
+        /// Why a host above is `None`: said in the configuration error and the README.
+        pub unknown_because: &'static str,
+        /// The STS base URL; [`super::sts::ISSUE_PATH`] is appended.
+        pub sts_url: &'static str,
+    }
+
+    impl Preset {
+        /// `amqps://<host>:5671/BF`, when the host is known.
+        pub fn amqp_url(&self) -> Option<String> {
+            self.amqp_host
+                .map(|h| format!("amqps://{h}:{AMQPS_PORT}/{VHOST}"))
+        }
+
+        /// The BFO 5.x entity id of `service`, when the host is known.
+        pub fn entity_id(&self, service: Service) -> Option<String> {
+            self.entity_id_host.map(|h| service_entity_id(h, service))
+        }
+    }
+
+    /// KOMBIT's external test environment. Broker host and entity ids: KOMBIT's Java
+    /// samples for BFO 5.10 and the public Python clients agree. STS: the `n2adgangsstyring`
+    /// host that public clients moved to in 2025 (python-serviceplatformen 2.1, May 2025;
+    /// the `adgangsstyring.` host of older samples is being retired).
+    pub const EKSTERNTEST: Preset = Preset {
+        name: "eksterntest",
+        amqp_host: Some("beskedfordeler.eksterntest-stoettesystemerne.dk"),
+        entity_id_host: Some("beskedfordeler.eksterntest-stoettesystemerne.dk"),
+        unknown_because: "",
+        sts_url: "https://n2adgangsstyring.eksterntest-stoettesystemerne.dk/runtime",
+    };
+
+    /// KOMBIT's production. Only the STS host is agreed on. For the broker, one public
+    /// client connects to `beskedfordeler.stoettesystemerne.dk` while another asks the STS
+    /// for `http://beskedfordeler.prod-stoettesystemerne.dk/service/afhent/1`, and KOMBIT's
+    /// samples leave production to the reader.
+    pub const PRODUKTION: Preset = Preset {
+        name: "produktion",
+        amqp_host: None,
+        entity_id_host: None,
+        unknown_because: "public sources disagree on the production Beskedfordeler host \
+            (beskedfordeler.stoettesystemerne.dk or beskedfordeler.prod-stoettesystemerne.dk), \
+            so the preset does not guess; take it from KOMBIT's material for your service \
+            agreement",
+        sts_url: "https://n2adgangsstyring.stoettesystemerne.dk/runtime",
+    };
 }
 
 /// KOMBIT STS ("adgangsstyring") REST issue call: every path, JSON field name and URI.
@@ -65,11 +134,14 @@ pub fn service_entity_id(bfo_host: &str, service: &str) -> String {
 /// Request (POST, JSON, mutual TLS with the system certificate):
 /// `{ RequestType, AppliesTo: { EndpointReference: { Address } }, TokenType, KeyType,
 ///    UseKey, Anvenderkontekst: { Cvr } }`.
-/// Response: `{ RequestedSecurityToken: { Assertion: <base64 XML> }, Lifetime: { Expires } }`
-/// (`Lifetime` is read only when the assertion has no `Conditions/@NotOnOrAfter`).
-/// Response field names are matched case-insensitively as a fallback.
+/// Response: `{ RequestedSecurityToken: { Assertion: <base64 XML> }, Lifetime }`, where
+/// `Lifetime` is a string (`MM/DD/YYYY HH:MM:SS`, UTC: the expiry) or an object
+/// (`{ Created, Expires }`); it is read only when the assertion has no
+/// `Conditions/@NotOnOrAfter`. Response field names are matched case-insensitively as a
+/// fallback.
 pub mod sts {
-    /// Appended to the configured `sts_url` (e.g. `https://adgangsstyring.<env>/runtime`).
+    /// Appended to the configured `sts_url`
+    /// (e.g. `https://n2adgangsstyring.eksterntest-stoettesystemerne.dk/runtime`).
     pub const ISSUE_PATH: &str = "/api/rest/wstrust/v1/issue";
 
     pub const REQUEST_TYPE: &str = "RequestType";
@@ -85,14 +157,35 @@ pub mod sts {
         "http://docs.oasis-open.org/ws-sx/ws-trust/200512/PublicKey";
     /// Base64 of the DER client certificate.
     pub const USE_KEY: &str = "UseKey";
-    /// Some public samples spell it `AnvenderKontekst`; KOMBIT's own Java sample uses this.
+    /// The authority the token is for. Public sources spell it two ways:
+    ///
+    /// - `Anvenderkontekst`: KOMBIT's Java sample for BFO 5.10, whose STS client uses a model
+    ///   (`Anvenderkontekst`, `apiRestWstrustV1IssuePost`) generated from the STS's own REST
+    ///   API description; KOMBIT's adgangsstyring administration API uses the same name; so
+    ///   does a PHP client on the 2025 `n2adgangsstyring` host (a Nextcloud app for municipal
+    ///   organisation data).
+    /// - `AnvenderKontekst`: python-serviceplatformen (1.0, 2024, and 2.1+, May 2025, on the
+    ///   `n2adgangsstyring` host), its fork q-serviceplatformen, and the PHP library
+    ///   itk-dev/serviceplatformen.
+    ///
+    /// No public text of KOMBIT's STS documentation was found. Clients with either spelling
+    /// get tokens from the same host, so the STS evidently reads the name case-insensitively.
+    /// We keep the spelling of the STS's generated model, the closest thing to its documented
+    /// schema (ARCHITECTURE.md §2); correct it here if KOMBIT's STS documentation says
+    /// otherwise.
     pub const ANVENDERKONTEKST: &str = "Anvenderkontekst";
     pub const CVR: &str = "Cvr";
 
     pub const REQUESTED_SECURITY_TOKEN: &str = "RequestedSecurityToken";
     pub const ASSERTION: &str = "Assertion";
+    /// A string (the expiry, [`LIFETIME_STRING_FORMAT`]) or an object with [`EXPIRES`].
     pub const LIFETIME: &str = "Lifetime";
     pub const EXPIRES: &str = "Expires";
+    /// The string form of `Lifetime` (and a fallback for `Expires`): `MM/DD/YYYY HH:MM:SS`,
+    /// UTC, as python-serviceplatformen reads the `n2adgangsstyring` answer. Times are
+    /// otherwise RFC 3339 (xs:dateTime).
+    pub const LIFETIME_STRING_FORMAT: &[time::format_description::BorrowedFormatItem<'static>] =
+        time::macros::format_description!("[month]/[day]/[year] [hour]:[minute]:[second]");
 
     /// SAML 2.0 assertion namespace: `Assertion`, `Issuer`, `Conditions`.
     pub const SAML2_NS: &str = "urn:oasis:names:tc:SAML:2.0:assertion";

@@ -129,6 +129,10 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
         ),
         BackendKind::Amqp => tracing::info!(backend, dueslag = config.dueslag.len(), "starting"),
     }
+    // Once, at start: what the file left out and loading filled in (preset, virtual host).
+    for r in &config.resolved {
+        tracing::info!(key = r.key, value = %r.value, from = %r.from, "configuration resolved");
+    }
     let metrics = Metrics::new(&config.exporter.roundtrip_buckets);
     let main = bind(&opts.listen).await?;
     let addr = main.local_addr()?;

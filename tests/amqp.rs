@@ -189,6 +189,15 @@ async fn rejection_codes_are_counted_with_the_code() {
         ),
         Some(0.0)
     );
+    // Push only: the afhent connection is never opened, so it has no series to alert on.
+    assert_eq!(
+        value(&text, r#"bfo_alive_connection_up{connection="afsend"}"#),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&text, r#"bfo_alive_connection_up{connection="afhent"}"#),
+        None
+    );
     let page = get(&s, "/dueslag/h").await.1;
     assert!(page.contains("<td>44</td>"), "{page}");
     s.stop().await;

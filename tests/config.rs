@@ -30,7 +30,7 @@ fn invalid_fixtures_fail_with_their_error() {
         assert!(!err.contains("hunter2"), "{name}: a secret leaked: {err}");
         seen += 1;
     }
-    assert!(seen >= 15, "only {seen} fixtures");
+    assert!(seen >= 27, "only {seen} fixtures");
 }
 
 #[test]
@@ -45,6 +45,15 @@ fn examples_parse() {
     }
     bfo_alive_exporter::emulator::EmulatorConfig::load(Path::new("examples/emulator.toml"))
         .unwrap_or_else(|e| panic!("{e}"));
+    // The Kubernetes ConfigMap's file, too.
+    let yaml = std::fs::read_to_string("deploy/kubernetes/configmap.yaml").unwrap();
+    let toml: String = yaml
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("config.toml: |"))
+        .skip(1)
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    Config::parse(&toml, "configmap.yaml").unwrap_or_else(|e| panic!("{e}"));
 }
 
 fn exporter() -> Command {
@@ -63,6 +72,16 @@ fn config_check_exit_codes() {
         "{}",
         String::from_utf8_lossy(&ok.stderr)
     );
+    // It says what the environment preset filled in.
+    let stdout = String::from_utf8_lossy(&ok.stdout);
+    for line in [
+        "broker.url = amqps://beskedfordeler.eksterntest-stoettesystemerne.dk:5671/BF (environment = \"eksterntest\")",
+        "token.sts_url = https://n2adgangsstyring.eksterntest-stoettesystemerne.dk/runtime (environment = \"eksterntest\"); tokens from POST https://n2adgangsstyring.eksterntest-stoettesystemerne.dk/runtime/api/rest/wstrust/v1/issue",
+        "token.afsend_entity_id = http://beskedfordeler.eksterntest-stoettesystemerne.dk/service/afsend/1 (environment = \"eksterntest\")",
+        "services: afsend, afhent",
+    ] {
+        assert!(stdout.contains(line), "{line}\nnot in\n{stdout}");
+    }
     let bad = exporter()
         .args([
             "--config.check",

@@ -191,7 +191,7 @@ async fn preflight(config: &Config, trace: &mut Trace) -> bool {
         }
     };
     if let Some(m) = &tokens {
-        for service in Service::ALL {
+        for &service in m.services() {
             match m.wait_for_token(service, Duration::from_secs(30)).await {
                 Some(t) => trace.ok(
                     "token",

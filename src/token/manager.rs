@@ -96,6 +96,8 @@ impl fmt::Debug for TokenCallbacks {
 pub enum RenewError {
     #[error("token source is \"none\"")]
     NoSource,
+    #[error("no {0} token is kept: the configuration does not use that service")]
+    NotUsed(Service),
     #[error("no token renewal within {0:?}")]
     Timeout(Duration),
     #[error("token renewal failed: {0}")]
@@ -113,6 +115,8 @@ struct Attempt {
 
 struct Inner {
     kind: &'static str,
+    /// The services fetched for; the others' slots stay empty.
+    services: Vec<Service>,
     slots: [TokenSlot; 2],
     attempts: [watch::Sender<Attempt>; 2],
     renew: [Notify; 2],
@@ -156,10 +160,11 @@ impl Inner {
     }
 }
 
-/// Keeps one token per [`Service`] in its [`TokenSlot`]: fetches at start, renews at
+/// Keeps one token per used [`Service`] in its [`TokenSlot`]: fetches at start, renews at
 /// `renew_fraction` of the lifetime and on demand ([`TokenManager::renew`], e.g. after BFO
-/// StatusKode 41), backs off on failure, reports through [`TokenCallbacks`]. Cheap to
-/// clone; tasks end when the `CancellationToken` given to [`TokenManager::start`] fires.
+/// StatusKode 41), backs off on failure, reports through [`TokenCallbacks`]. A service it
+/// was not started for is never fetched (a push-only exporter needs no afhent token). Cheap
+/// to clone; tasks end when the `CancellationToken` given to [`TokenManager::start`] fires.
 #[derive(Clone)]
 pub struct TokenManager {
     inner: Arc<Inner>,
@@ -177,16 +182,23 @@ impl fmt::Debug for TokenManager {
 }
 
 impl TokenManager {
-    /// Starts the manager's tasks (needs a Tokio runtime). The first fetch starts at once;
-    /// use [`TokenManager::wait_for_token`] to wait for it.
+    /// Starts the manager's tasks for `services` (needs a Tokio runtime). The first fetch
+    /// starts at once; use [`TokenManager::wait_for_token`] to wait for it. Every service's
+    /// expiry is reported as `None` at start, used or not.
     pub fn start(
         source: TokenSource,
+        services: &[Service],
         config: TokenManagerConfig,
         callbacks: TokenCallbacks,
         cancel: CancellationToken,
     ) -> TokenManager {
+        let services: Vec<Service> = Service::ALL
+            .into_iter()
+            .filter(|s| services.contains(s))
+            .collect();
         let inner = Arc::new(Inner {
             kind: source.kind(),
+            services,
             slots: [TokenSlot::new(), TokenSlot::new()],
             attempts: [
                 watch::Sender::new(Attempt::default()),
@@ -204,7 +216,7 @@ impl TokenManager {
         match source {
             TokenSource::None => {}
             TokenSource::Sts(issuer) => {
-                for s in Service::ALL {
+                for &s in &inner.services {
                     inner
                         .tasks
                         .spawn(issue_task(inner.clone(), issuer.clone(), s));
@@ -238,6 +250,11 @@ impl TokenManager {
         self.inner.kind
     }
 
+    /// The services this manager keeps a token for.
+    pub fn services(&self) -> &[Service] {
+        &self.inner.services
+    }
+
     /// Asks for a new token for `service` soon (at most one fetch per `min_renew_interval`).
     /// Returns at once; a no-op with source "none".
     pub fn renew(&self, service: Service) {
@@ -253,6 +270,9 @@ impl TokenManager {
     ) -> Result<Arc<Token>, RenewError> {
         if self.inner.kind == "none" {
             return Err(RenewError::NoSource);
+        }
+        if !self.inner.services.contains(&service) {
+            return Err(RenewError::NotUsed(service));
         }
         let mut rx = self.inner.attempts[service.index()].subscribe();
         let before = rx.borrow_and_update().seq;
@@ -278,8 +298,12 @@ impl TokenManager {
         }
     }
 
-    /// Waits until `service` has a token (returns at once when it has one).
+    /// Waits until `service` has a token (returns at once when it has one, or when the
+    /// manager keeps none for that service).
     pub async fn wait_for_token(&self, service: Service, timeout: Duration) -> Option<Arc<Token>> {
+        if !self.inner.services.contains(&service) {
+            return None;
+        }
         let mut rx = self.inner.slots[service.index()].subscribe();
         let wait = async {
             loop {
@@ -396,11 +420,11 @@ async fn file_task(inner: Arc<Inner>, path: PathBuf) {
             Ok(token) => {
                 if state != FileState::Content(token.xml.clone()) {
                     state = FileState::Content(token.xml.clone());
-                    for s in Service::ALL {
+                    for &s in &inner.services {
                         inner.publish(s, token.clone());
                     }
                 } else if on_demand {
-                    for s in Service::ALL {
+                    for &s in &inner.services {
                         inner.unchanged(s);
                     }
                 }
@@ -408,14 +432,14 @@ async fn file_task(inner: Arc<Inner>, path: PathBuf) {
             Err(e) => {
                 let text = e.to_string();
                 let report = on_demand || state != FileState::Failed(text.clone());
-                for s in Service::ALL {
+                for &s in &inner.services {
                     inner.failed(s, &e, report);
                 }
                 state = FileState::Failed(text);
             }
         }
         let next = schedule::after_file_read(&inner.config, read_at);
-        match wait_next(&inner, &Service::ALL, next).await {
+        match wait_next(&inner, &inner.services, next).await {
             Wake::Cancelled => return,
             Wake::Timer => on_demand = false,
             Wake::Demand => on_demand = true,
@@ -646,6 +670,40 @@ mod tests {
             "{dbg}"
         );
         h.stop().await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_the_services_it_was_started_for_are_fetched() {
+        let (source, tokens) = scripted(|_, n| token(n, Some(100 * S)));
+        let h = Harness::start_for(tokens, &[Service::Afsend], timing());
+        h.run_until(120 * S).await;
+        assert_eq!(h.calls(&source, Service::Afsend).len(), 3);
+        assert!(h.calls(&source, Service::Afhent).is_empty());
+        assert_eq!(h.mgr.services(), [Service::Afsend]);
+        // No afhent token, and nobody waits for one.
+        assert!(h.mgr.token(Service::Afhent).is_none());
+        assert!(h.mgr.wait_for_token(Service::Afhent, S).await.is_none());
+        assert_eq!(
+            h.mgr.renew_and_wait(Service::Afhent, S).await.unwrap_err(),
+            RenewError::NotUsed(Service::Afhent)
+        );
+        assert_eq!(h.elapsed(), 120 * S);
+        // Both expiries start at "none" all the same.
+        assert_eq!(
+            &h.expiries()[..2],
+            &[(Service::Afsend, None), (Service::Afhent, None)]
+        );
+
+        // The file source publishes to the used services only.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("token.xml");
+        write_atomic(&path, assertion("file", None, "FILE"));
+        let f = Harness::start_for(TokenSource::File(path), &[Service::Afsend], timing());
+        assert!(f.mgr.wait_for_token(Service::Afsend, S).await.is_some());
+        f.run_until(6 * S).await;
+        assert!(f.mgr.token(Service::Afhent).is_none());
+        h.stop().await;
+        f.stop().await;
     }
 
     #[tokio::test(start_paused = true)]

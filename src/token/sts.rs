@@ -7,7 +7,7 @@
 //! successful body: it may hold the token.
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use base64::Engine as _;
@@ -22,7 +22,7 @@ use crate::tls::{self, ClientTlsFiles};
 /// Settings of the STS source.
 #[derive(Debug, Clone)]
 pub struct StsConfig {
-    /// Base URL, e.g. `https://adgangsstyring.eksterntest-stoettesystemerne.dk/runtime`;
+    /// Base URL, e.g. `https://n2adgangsstyring.eksterntest-stoettesystemerne.dk/runtime`;
     /// [`sts::ISSUE_PATH`] is appended unless it is already there.
     pub url: String,
     /// The authority's CVR number (`Anvenderkontekst.Cvr`).
@@ -216,12 +216,67 @@ fn parse_sts_response(body: &[u8]) -> Result<Token, String> {
         .ok_or_else(|| format!("{} is neither XML nor base64 of XML", sts::ASSERTION))?;
     let mut token = Token::from_xml(xml, "the STS response").map_err(|e| e.to_string())?;
     if token.expires_at.is_none() {
-        token.expires_at = field(&v, sts::LIFETIME)
-            .and_then(|l| field(l, sts::EXPIRES))
-            .and_then(Value::as_str)
-            .and_then(parse_time);
+        // The token is usable without it: renewed at the fixed interval, with a warning
+        // that says what could not be read.
+        token.expires_at = lifetime_expiry(&v).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "STS response: expiry unknown");
+            None
+        });
     }
     Ok(token)
+}
+
+/// The expiry in an STS response's `Lifetime`: a string (`MM/DD/YYYY HH:MM:SS`, UTC) or an
+/// object with `Expires` (and usually `Created`). `None` without a `Lifetime`.
+fn lifetime_expiry(response: &Value) -> Result<Option<SystemTime>, String> {
+    let expires = match field(response, sts::LIFETIME) {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => s,
+        Some(obj @ Value::Object(_)) => match field(obj, sts::EXPIRES) {
+            Some(Value::String(s)) => s,
+            _ => {
+                return Err(format!(
+                    "{} is an object without an {} string",
+                    sts::LIFETIME,
+                    sts::EXPIRES
+                ));
+            }
+        },
+        Some(other) => {
+            return Err(format!(
+                "{} is neither a string nor an object but {}",
+                sts::LIFETIME,
+                json_kind(other)
+            ));
+        }
+    };
+    parse_lifetime_time(expires).map(Some).ok_or_else(|| {
+        let shown: String = expires.chars().take(40).collect();
+        format!(
+            "{} {shown:?} is neither MM/DD/YYYY HH:MM:SS nor RFC 3339",
+            sts::LIFETIME
+        )
+    })
+}
+
+/// A `Lifetime` time: RFC 3339, or [`sts::LIFETIME_STRING_FORMAT`] in UTC.
+fn parse_lifetime_time(s: &str) -> Option<SystemTime> {
+    if let Some(t) = parse_time(s) {
+        return Some(t);
+    }
+    let t = time::PrimitiveDateTime::parse(s.trim(), sts::LIFETIME_STRING_FORMAT).ok()?;
+    Some(SystemTime::from(t.assume_utc()))
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
 }
 
 #[cfg(test)]
@@ -232,7 +287,6 @@ mod tests {
     use crate::tls::testpki;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
-    use std::time::SystemTime;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio_util::sync::CancellationToken;
 
@@ -250,6 +304,94 @@ mod tests {
         );
         assert!(sts_issue_url("http://sts.example/runtime").is_err());
         assert!(sts_issue_url("not a url").is_err());
+    }
+
+    fn at(secs: u64) -> Option<SystemTime> {
+        Some(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+    }
+
+    #[test]
+    fn lifetime_string_form_is_month_first_utc() {
+        // 2025-05-27T14:03:09Z, as the n2adgangsstyring host answers.
+        let v = serde_json::json!({ "Lifetime": "05/27/2025 14:03:09" });
+        assert_eq!(lifetime_expiry(&v), Ok(at(1_748_354_589)));
+        // Single-digit fields are written with zeros; RFC 3339 is read as well.
+        let v = serde_json::json!({ "Lifetime": "2025-05-27T14:03:09Z" });
+        assert_eq!(lifetime_expiry(&v), Ok(at(1_748_354_589)));
+    }
+
+    #[test]
+    fn lifetime_object_form_with_or_without_created() {
+        for v in [
+            serde_json::json!({ "Lifetime": { "Expires": "2030-01-01T08:00:00Z" } }),
+            serde_json::json!({ "Lifetime": {
+                "Created": "2030-01-01T00:00:00Z", "Expires": "2030-01-01T08:00:00Z" } }),
+            // Field names matched case-insensitively, the string format accepted inside.
+            serde_json::json!({ "lifetime": { "expires": "01/01/2030 08:00:00" } }),
+        ] {
+            assert_eq!(lifetime_expiry(&v), Ok(at(1_893_484_800)), "{v}");
+        }
+        assert_eq!(lifetime_expiry(&serde_json::json!({})), Ok(None));
+        assert_eq!(
+            lifetime_expiry(&serde_json::json!({ "Lifetime": null })),
+            Ok(None)
+        );
+    }
+
+    #[test]
+    fn lifetime_garbage_is_a_clear_error() {
+        for (v, expected) in [
+            (
+                serde_json::json!({ "Lifetime": "next tuesday" }),
+                r#"Lifetime "next tuesday" is neither MM/DD/YYYY HH:MM:SS nor RFC 3339"#,
+            ),
+            (
+                // Day first is not the format: month 27 does not exist.
+                serde_json::json!({ "Lifetime": "27/05/2025 14:03:09" }),
+                "neither MM/DD/YYYY HH:MM:SS nor RFC 3339",
+            ),
+            (
+                serde_json::json!({ "Lifetime": { "Created": "2030-01-01T00:00:00Z" } }),
+                "Lifetime is an object without an Expires string",
+            ),
+            (
+                serde_json::json!({ "Lifetime": { "Expires": 1_893_484_800 } }),
+                "Lifetime is an object without an Expires string",
+            ),
+            (
+                serde_json::json!({ "Lifetime": 28800 }),
+                "Lifetime is neither a string nor an object but a number",
+            ),
+            (
+                serde_json::json!({ "Lifetime": "\u{0}".repeat(100) }),
+                "neither MM/DD/YYYY HH:MM:SS nor RFC 3339",
+            ),
+        ] {
+            let e = lifetime_expiry(&v).unwrap_err();
+            assert!(e.contains(expected), "{e}");
+            assert!(e.len() < 200, "{e}");
+        }
+    }
+
+    #[test]
+    fn a_garbage_lifetime_leaves_the_expiry_unknown_not_the_token() {
+        let xml = assertion("i", None, MARK);
+        let body = serde_json::json!({
+            "RequestedSecurityToken": { "Assertion": BASE64.encode(xml.as_bytes()) },
+            "Lifetime": "soon",
+        });
+        let token = parse_sts_response(body.to_string().as_bytes()).unwrap();
+        assert_eq!(token.expires_at, None);
+        // The assertion's own expiry wins over any Lifetime.
+        let exp = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        let body = serde_json::json!({
+            "RequestedSecurityToken": {
+                "Assertion": BASE64.encode(assertion("i", Some(exp), MARK).as_bytes())
+            },
+            "Lifetime": "01/01/2020 00:00:00",
+        });
+        let token = parse_sts_response(body.to_string().as_bytes()).unwrap();
+        assert_eq!(token.expires_at, Some(exp));
     }
 
     // --------------------------------------------------------------- STS stub
@@ -519,6 +661,7 @@ mod tests {
         let client = StsClient::new(sts_config(&pki, &stub.base)).unwrap();
         let mgr = TokenManager::start(
             TokenSource::Sts(Arc::new(client)),
+            &Service::ALL,
             fast_config(),
             rec.callbacks(),
             cancel.clone(),

@@ -103,6 +103,14 @@ impl TokenIssuer for Scripted {
     }
 }
 
+impl Scripted {
+    /// How often `service` was asked for a token.
+    pub fn count(&self, service: Service) -> usize {
+        let calls = self.calls.lock().unwrap();
+        calls.iter().filter(|(s, _)| *s == service).count()
+    }
+}
+
 pub fn scripted(
     script: impl Fn(Service, usize) -> Result<Token, TokenError> + Send + Sync + 'static,
 ) -> (Arc<Scripted>, TokenSource) {
@@ -146,10 +154,19 @@ pub struct Harness {
 
 impl Harness {
     pub fn start(source: TokenSource, config: TokenManagerConfig) -> Harness {
+        Harness::start_for(source, &Service::ALL, config)
+    }
+
+    /// A manager that keeps tokens for `services` only.
+    pub fn start_for(
+        source: TokenSource,
+        services: &[Service],
+        config: TokenManagerConfig,
+    ) -> Harness {
         let rec = Arc::new(Recorded::default());
         let cancel = CancellationToken::new();
         let t0 = Instant::now();
-        let mgr = TokenManager::start(source, config, rec.callbacks(), cancel.clone());
+        let mgr = TokenManager::start(source, services, config, rec.callbacks(), cancel.clone());
         Harness {
             mgr,
             rec,
