@@ -2,6 +2,9 @@
 //! probe payload, StandardRetur (bare, or wrapped as AfsendBeskedOutput), and the push
 //! envelopes ModtagBeskedInput/Output.
 //!
+//! Everything built here is valid against KOMBIT's BFO 5.10 schemas (`tests/schema.rs`
+//! checks it with `xmllint`), except the deliberately odd Afsend replies of [`ReplyShape`].
+//!
 //! Parsing is namespace-aware (roxmltree): prefixes vary between senders and default
 //! namespaces occur, so elements are matched on (namespace, local name), never on prefix.
 //! A DTD is refused (no entity tricks), and input is bounded in size and depth. The Afsend
@@ -147,6 +150,9 @@ fn parse_time(text: &str) -> Option<SystemTime> {
 }
 
 /// The Haendelsesbesked element without an XML declaration, so it can be embedded.
+/// ObjektRegistreringId is a UUID of its own, new for every message: it names the
+/// registration the message reports, which for an Alive message is the message itself,
+/// but it is not the BeskedId.
 fn alive_element(spec: &AliveSpec<'_>) -> String {
     let p = spec.payload;
     let cvr_urn = format!("{CVR_URN_PREFIX}{}", escape(spec.cvr));
@@ -160,7 +166,7 @@ fn alive_element(spec: &AliveSpec<'_>) -> String {
             r#"<BeskedAnsvarligAktoer><sd:UUIDIdentifikator>{aktoer}</sd:UUIDIdentifikator></BeskedAnsvarligAktoer>"#,
             r#"<TilladtModtager><sd:URNIdentifikator>{cvr}</sd:URNIdentifikator></TilladtModtager>"#,
             r#"<ObjektRegistrering>"#,
-            r#"<ObjektRegistreringId><sd:UUIDIdentifikator>{id}</sd:UUIDIdentifikator></ObjektRegistreringId>"#,
+            r#"<ObjektRegistreringId><sd:UUIDIdentifikator>{registrering}</sd:UUIDIdentifikator></ObjektRegistreringId>"#,
             r#"<ObjektAnsvarligMyndighed><sd:URNIdentifikator>{cvr}</sd:URNIdentifikator></ObjektAnsvarligMyndighed>"#,
             r#"</ObjektRegistrering>"#,
             r#"</Filtreringsdata>"#,
@@ -176,6 +182,7 @@ fn alive_element(spec: &AliveSpec<'_>) -> String {
         sagdok = NS_SAGDOK,
         probe = NS_PROBE,
         id = spec.besked_id,
+        registrering = Uuid::new_v4(),
         version = BESKED_VERSION,
         alive = ALIVE_BESKEDTYPE,
         aktoer = spec.anvendersystem,
@@ -531,21 +538,24 @@ pub fn parse_modtag_besked_output(bytes: &[u8]) -> Result<StandardRetur, ParseEr
 }
 
 /// A Haendelsesbesked that is not an Alive message (a stand-in for business traffic,
-/// used by the simulator and tests). It carries no real business data.
+/// used by the simulator and tests). It carries no real business data, and is written
+/// with other prefixes than the Alive message, as another sender might.
 pub fn build_business_message(besked_id: Uuid, beskedtype: Uuid) -> String {
     format!(
         concat!(
             r#"{decl}<k:Haendelsesbesked xmlns:k="{kuvert}" xmlns:s="{sagdok}">"#,
             r#"<k:BeskedId><s:UUIDIdentifikator>{id}</s:UUIDIdentifikator></k:BeskedId>"#,
             r#"<k:BeskedVersion>1.0</k:BeskedVersion>"#,
-            r#"<k:Beskedkuvert><k:Filtreringsdata><k:Beskedtype><s:UUIDIdentifikator>{t}</s:UUIDIdentifikator></k:Beskedtype></k:Filtreringsdata></k:Beskedkuvert>"#,
-            r#"<k:Beskeddata/></k:Haendelsesbesked>"#
+            r#"<k:Beskedkuvert><k:Filtreringsdata><k:Beskedtype><s:UUIDIdentifikator>{t}</s:UUIDIdentifikator></k:Beskedtype></k:Filtreringsdata>"#,
+            r#"<k:Leveranceinformation><k:Dannelsestidspunkt><s:TidsstempelDatoTid>{made}</s:TidsstempelDatoTid></k:Dannelsestidspunkt></k:Leveranceinformation>"#,
+            r#"</k:Beskedkuvert><k:Beskeddata/></k:Haendelsesbesked>"#
         ),
         decl = XML_DECL,
         kuvert = NS_KUVERT,
         sagdok = NS_SAGDOK,
         id = besked_id,
-        t = beskedtype
+        t = beskedtype,
+        made = format_time(SystemTime::now()),
     )
 }
 
@@ -694,6 +704,20 @@ mod tests {
             parse_haendelsesbesked(b"<unclosed"),
             Err(ParseError::Xml(_))
         ));
+    }
+
+    #[test]
+    fn objekt_registrering_id_is_its_own_uuid() {
+        let (id, xml) = alive(&payload());
+        let doc = Document::parse(&xml).unwrap();
+        let reg = doc
+            .descendants()
+            .find(|n| is(n, NS_KUVERT, "ObjektRegistreringId"))
+            .and_then(|n| sagdok_child(n, "UUIDIdentifikator"))
+            .and_then(text_of)
+            .and_then(|t| t.parse::<Uuid>().ok())
+            .unwrap();
+        assert_ne!(reg, id);
     }
 
     #[test]
