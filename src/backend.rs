@@ -25,7 +25,8 @@ use crate::transport::{Afhenter, Backend, PullConsumer};
 pub struct Built {
     pub kind: BackendKind,
     pub backend: Backend,
-    /// Present for the `sim` backend: the simulator, and where it POSTs push deliveries.
+    /// Present for the `sim` backend: the simulator, and where it POSTs push deliveries
+    /// unless `[sim] push_base` says otherwise.
     sim: Option<(Arc<Simulator>, String)>,
 }
 
@@ -36,7 +37,8 @@ impl Built {
     pub fn set_dueslag(&self, config: &Config, specs: &[DueslagSpec]) -> Vec<String> {
         match &self.sim {
             Some((sim, push_base)) => {
-                sim.set_topology(sim::targets(specs, &config.sim.faults, push_base))
+                let base = config.sim.push_base.as_deref().unwrap_or(push_base);
+                sim.set_topology(sim::targets(specs, &config.sim.faults, base))
             }
             None => Vec::new(),
         }

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use thiserror::Error;
 use uuid::Uuid;
 
+use crate::message::ReplyShape;
 use crate::protocol::{self, Service, environment::Preset};
 
 /// A configuration problem, naming the file (or `<embedded demo>`) and the key.
@@ -352,6 +353,10 @@ pub struct DueslagConfig {
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct SimConfig {
+    /// Where the simulator POSTs push deliveries: `{push_base}/push/{name}`, as the
+    /// Beskedfordeler POSTs to the URL registered for a dueslag. Default: this exporter's
+    /// own push listener. Set it to reach the exporter through a proxy in between.
+    pub push_base: Option<String>,
     #[serde(default)]
     pub faults: BTreeMap<String, Faults>,
 }
@@ -400,6 +405,10 @@ pub struct Faults {
     pub foreign_every: Duration,
     #[serde(default)]
     pub outages: Vec<Outage>,
+    /// How Afsend replies are written: "standard-retur" (default), "afsend-besked-output",
+    /// "other-root" (all three read by the exporter), or "garbage" (`invalid_reply`).
+    #[serde(default)]
+    pub reply_shape: ReplyShape,
 }
 
 impl Default for Faults {
@@ -418,6 +427,7 @@ impl Default for Faults {
             business_every: Duration::ZERO,
             foreign_every: Duration::ZERO,
             outages: Vec::new(),
+            reply_shape: ReplyShape::default(),
         }
     }
 }
@@ -791,6 +801,16 @@ impl Config {
         }
         if !self.sim.faults.is_empty() && self.backend() != BackendKind::Sim {
             return Err("sim.faults: only with [broker] backend = \"sim\"".into());
+        }
+        if let Some(base) = &self.sim.push_base {
+            if self.backend() != BackendKind::Sim {
+                return Err("sim.push_base: only with [broker] backend = \"sim\"".into());
+            }
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                return Err(format!(
+                    "sim.push_base: {base:?} is not an http:// or https:// URL"
+                ));
+            }
         }
         Ok(())
     }

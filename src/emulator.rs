@@ -3,9 +3,11 @@
 //! `bfo-alive-exporter emulate --config FILE` declares the afsend exchange and queue, the
 //! dueslag queues (each with a dead-letter error queue `<queue>.error`), consumes what is
 //! published to the exchange, validates it as the Beskedfordeler would, answers a
-//! StandardRetur on `reply_to`, and routes each accepted Alive message to its dueslag:
-//! published to the queue (pull) or POSTed as ModtagBeskedInput (push), again until the
-//! receiver answers 20. Faults come from the same [`Faults`] as the simulator's.
+//! StandardRetur on `reply_to` (written in the dueslag's `reply_shape`; a refusal by its
+//! own validation is always a bare StandardRetur), and routes each accepted Alive message
+//! to its dueslag: published to the queue (pull) or POSTed as ModtagBeskedInput (push),
+//! again until the receiver answers 20. Faults come from the same [`Faults`] as the
+//! simulator's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -402,7 +404,7 @@ async fn session(
                     reason = r.fejlbesked_tekst.as_deref().unwrap_or(""),
                     "refused a message"
                 );
-                Some(r)
+                Some(Bytes::from(build_standard_retur(&r)))
             }
             Ok(()) => match sim.afsend(&d.data) {
                 AfsendAnswer::Reply(r) => Some(r),
@@ -416,13 +418,12 @@ async fn session(
             if let Some(c) = d.properties.correlation_id().clone() {
                 props = props.with_correlation_id(c);
             }
-            let body = build_standard_retur(&r);
             if let Err(e) = channel
                 .basic_publish(
                     "".into(),
                     reply_to,
                     BasicPublishOptions::default(),
-                    body.as_bytes(),
+                    &r,
                     props,
                 )
                 .await

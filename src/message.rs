@@ -1,9 +1,14 @@
 //! The XML the Beskedfordeler carries: the Alive Haendelsesbesked with this exporter's
-//! probe payload, StandardRetur, and the push envelopes ModtagBeskedInput/Output.
+//! probe payload, StandardRetur (bare, or wrapped as AfsendBeskedOutput), and the push
+//! envelopes ModtagBeskedInput/Output.
+//!
+//! Everything built here is valid against KOMBIT's BFO 5.10 schemas (`tests/schema.rs`
+//! checks it with `xmllint`), except the deliberately odd Afsend replies of [`ReplyShape`].
 //!
 //! Parsing is namespace-aware (roxmltree): prefixes vary between senders and default
 //! namespaces occur, so elements are matched on (namespace, local name), never on prefix.
-//! A DTD is refused (no entity tricks), and input is bounded in size and depth.
+//! A DTD is refused (no entity tricks), and input is bounded in size and depth. The Afsend
+//! reply is read tolerantly ([`parse_afsend_reply`], ARCHITECTURE.md §2).
 
 use std::time::SystemTime;
 
@@ -13,7 +18,7 @@ use uuid::Uuid;
 
 use crate::protocol::{
     ALIVE_BESKEDTYPE, BESKED_VERSION, CVR_URN_PREFIX, NS_KUVERT, NS_PROBE, NS_SAGDOK,
-    NS_SAGDOK_VARIANT, NS_STS,
+    NS_SAGDOK_VARIANT, NS_STS, NS_STS_BESKEDFORDELER,
 };
 
 /// Largest XML document this module parses.
@@ -145,6 +150,9 @@ fn parse_time(text: &str) -> Option<SystemTime> {
 }
 
 /// The Haendelsesbesked element without an XML declaration, so it can be embedded.
+/// ObjektRegistreringId is a UUID of its own, new for every message: it names the
+/// registration the message reports, which for an Alive message is the message itself,
+/// but it is not the BeskedId.
 fn alive_element(spec: &AliveSpec<'_>) -> String {
     let p = spec.payload;
     let cvr_urn = format!("{CVR_URN_PREFIX}{}", escape(spec.cvr));
@@ -158,7 +166,7 @@ fn alive_element(spec: &AliveSpec<'_>) -> String {
             r#"<BeskedAnsvarligAktoer><sd:UUIDIdentifikator>{aktoer}</sd:UUIDIdentifikator></BeskedAnsvarligAktoer>"#,
             r#"<TilladtModtager><sd:URNIdentifikator>{cvr}</sd:URNIdentifikator></TilladtModtager>"#,
             r#"<ObjektRegistrering>"#,
-            r#"<ObjektRegistreringId><sd:UUIDIdentifikator>{id}</sd:UUIDIdentifikator></ObjektRegistreringId>"#,
+            r#"<ObjektRegistreringId><sd:UUIDIdentifikator>{registrering}</sd:UUIDIdentifikator></ObjektRegistreringId>"#,
             r#"<ObjektAnsvarligMyndighed><sd:URNIdentifikator>{cvr}</sd:URNIdentifikator></ObjektAnsvarligMyndighed>"#,
             r#"</ObjektRegistrering>"#,
             r#"</Filtreringsdata>"#,
@@ -174,6 +182,7 @@ fn alive_element(spec: &AliveSpec<'_>) -> String {
         sagdok = NS_SAGDOK,
         probe = NS_PROBE,
         id = spec.besked_id,
+        registrering = Uuid::new_v4(),
         version = BESKED_VERSION,
         alive = ALIVE_BESKEDTYPE,
         aktoer = spec.anvendersystem,
@@ -204,29 +213,89 @@ pub fn build_modtag_besked_input(haendelsesbesked_xml: &str) -> String {
     format!(r#"{XML_DECL}<ModtagBeskedInput xmlns="{NS_STS}">{inner}</ModtagBeskedInput>"#)
 }
 
-fn standard_retur_element(r: &StandardRetur) -> String {
+/// StatusKode and FejlbeskedTekst, each element name prefixed with `prefix`.
+fn standard_retur_fields(r: &StandardRetur, prefix: &str) -> String {
     let text = r
         .fejlbesked_tekst
         .as_deref()
-        .map(|t| format!("<FejlbeskedTekst>{}</FejlbeskedTekst>", escape(t)))
+        .map(|t| {
+            format!(
+                "<{prefix}FejlbeskedTekst>{}</{prefix}FejlbeskedTekst>",
+                escape(t)
+            )
+        })
         .unwrap_or_default();
     format!(
-        r#"<StandardRetur xmlns="{NS_SAGDOK}"><StatusKode>{}</StatusKode>{text}</StandardRetur>"#,
+        "<{prefix}StatusKode>{}</{prefix}StatusKode>{text}",
         r.status_kode
     )
 }
 
-/// A StandardRetur document (the Afsend reply).
+fn standard_retur_element(r: &StandardRetur) -> String {
+    format!(
+        r#"<StandardRetur xmlns="{NS_SAGDOK}">{}</StandardRetur>"#,
+        standard_retur_fields(r, "")
+    )
+}
+
+/// A BasicOutput (`sd:BasicOutputType`): an element `root` in `ns` whose one child is the
+/// StandardRetur.
+fn basic_output(root: &str, ns: &str, r: &StandardRetur) -> String {
+    format!(
+        r#"{XML_DECL}<{root} xmlns="{ns}">{}</{root}>"#,
+        standard_retur_element(r)
+    )
+}
+
+/// A StandardRetur document (the Afsend reply as KOMBIT's samples read it).
 pub fn build_standard_retur(r: &StandardRetur) -> String {
     format!("{XML_DECL}{}", standard_retur_element(r))
 }
 
 /// A ModtagBeskedOutput document (the push receiver's answer).
 pub fn build_modtag_besked_output(r: &StandardRetur) -> String {
-    format!(
-        r#"{XML_DECL}<ModtagBeskedOutput xmlns="{NS_STS}">{}</ModtagBeskedOutput>"#,
-        standard_retur_element(r)
-    )
+    basic_output("ModtagBeskedOutput", NS_STS, r)
+}
+
+/// How a simulated Beskedfordeler writes its Afsend reply (`reply_shape` in the simulator's
+/// and the emulator's faults). The exporter reads the first three (§2); `garbage` is none of
+/// them and counts as `invalid_reply`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ReplyShape {
+    /// A bare `sd:StandardRetur`, the root KOMBIT's samples unmarshal.
+    #[default]
+    StandardRetur,
+    /// `AfsendBeskedOutput` wrapping the StandardRetur, as KOMBIT's schemas define the answer.
+    AfsendBeskedOutput,
+    /// `sd:StatusKode` and `sd:FejlbeskedTekst` straight under a root of another name, which
+    /// KOMBIT's sample reads too (it never checks the root's name).
+    OtherRoot,
+    /// A SOAP Fault: none of the above.
+    Garbage,
+}
+
+/// The reply of [`ReplyShape::Garbage`].
+const GARBAGE_REPLY: &str = concat!(
+    r#"<?xml version="1.0" encoding="UTF-8"?>"#,
+    r#"<soap:Envelope xmlns:soap="http://schemas.xmlsoap.org/soap/envelope/"><soap:Body>"#,
+    r#"<soap:Fault><faultcode>soap:Server</faultcode><faultstring>simulated: not a StandardRetur</faultstring></soap:Fault>"#,
+    r#"</soap:Body></soap:Envelope>"#
+);
+
+/// An Afsend reply in the given shape.
+pub fn build_afsend_reply(r: &StandardRetur, shape: ReplyShape) -> String {
+    match shape {
+        ReplyShape::StandardRetur => build_standard_retur(r),
+        ReplyShape::AfsendBeskedOutput => {
+            basic_output("AfsendBeskedOutput", NS_STS_BESKEDFORDELER, r)
+        }
+        ReplyShape::OtherRoot => format!(
+            r#"{XML_DECL}<bf:AfsendBeskedRetur xmlns:bf="{NS_STS_BESKEDFORDELER}" xmlns:sd="{NS_SAGDOK}">{}</bf:AfsendBeskedRetur>"#,
+            standard_retur_fields(r, "sd:")
+        ),
+        ReplyShape::Garbage => GARBAGE_REPLY.to_string(),
+    }
 }
 
 /// Parses bytes into a document, refusing DTDs and oversized or too deep input.
@@ -369,15 +438,8 @@ pub fn parse_modtag_besked_input(bytes: &[u8]) -> Result<Haendelsesbesked, Parse
     read_haendelsesbesked(inner)
 }
 
-fn read_standard_retur(node: Node<'_, '_>) -> Result<StandardRetur, ParseError> {
-    if !(is(&node, NS_SAGDOK, "StandardRetur") || is(&node, NS_SAGDOK_VARIANT, "StandardRetur")) {
-        return Err(ParseError::WrongRoot {
-            ns: node.tag_name().namespace().unwrap_or("").to_string(),
-            name: node.tag_name().name().to_string(),
-            want_ns: NS_SAGDOK,
-            want: "StandardRetur",
-        });
-    }
+/// StatusKode and FejlbeskedTekst from the children of `node`, whatever its name.
+fn read_standard_retur_fields(node: Node<'_, '_>) -> Result<StandardRetur, ParseError> {
     let status_kode = sagdok_child(node, "StatusKode")
         .and_then(text_of)
         .and_then(|t| t.parse().ok())
@@ -388,10 +450,79 @@ fn read_standard_retur(node: Node<'_, '_>) -> Result<StandardRetur, ParseError> 
     })
 }
 
-/// Parses a StandardRetur document (either sagdok namespace spelling).
-pub fn parse_standard_retur(bytes: &[u8]) -> Result<StandardRetur, ParseError> {
-    let doc = parse_document(bytes)?;
-    read_standard_retur(doc.root_element())
+fn is_standard_retur(node: Node<'_, '_>) -> bool {
+    is(&node, NS_SAGDOK, "StandardRetur") || is(&node, NS_SAGDOK_VARIANT, "StandardRetur")
+}
+
+fn read_standard_retur(node: Node<'_, '_>) -> Result<StandardRetur, ParseError> {
+    if !is_standard_retur(node) {
+        return Err(ParseError::WrongRoot {
+            ns: node.tag_name().namespace().unwrap_or("").to_string(),
+            name: node.tag_name().name().to_string(),
+            want_ns: NS_SAGDOK,
+            want: "StandardRetur",
+        });
+    }
+    read_standard_retur_fields(node)
+}
+
+/// The most of an unreadable reply that is ever shown (debug log, probe trace).
+pub const REPLY_HEAD_BYTES: usize = 200;
+
+/// An Afsend reply that is none of the shapes [`parse_afsend_reply`] reads. `Display` shows
+/// only why; `head` is the reply's first bytes, for the debug log and the probe trace.
+#[derive(Debug, Clone, PartialEq, Error)]
+#[error("{why}")]
+pub struct InvalidReply {
+    pub why: String,
+    /// At most [`REPLY_HEAD_BYTES`] bytes of the reply, control characters as spaces.
+    pub head: String,
+}
+
+/// The first [`REPLY_HEAD_BYTES`] bytes of a reply as one printable line of at most that
+/// many bytes. A reply that looks like it holds a SAML assertion is withheld: a token never
+/// reaches a log or a trace, even one a broken peer echoes back.
+pub fn reply_head(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(REPLY_HEAD_BYTES)]);
+    if text.contains(crate::protocol::sts::SAML2_NS) || text.contains("Assertion") {
+        return "(withheld: it looks like it holds a SAML token)".into();
+    }
+    let mut head = String::with_capacity(REPLY_HEAD_BYTES);
+    for c in text.chars().map(|c| if c.is_control() { ' ' } else { c }) {
+        if head.len() + c.len_utf8() > REPLY_HEAD_BYTES {
+            break;
+        }
+        head.push(c);
+    }
+    head
+}
+
+/// Reads the Afsend reply as KOMBIT's sample does, which unmarshals it as a StandardRetur
+/// without checking the root's name. Accepted, in either sagdok namespace:
+/// - a root whose direct children hold `sd:StatusKode`, whatever its name (a bare
+///   `sd:StandardRetur` is one);
+/// - a wrapper whose child is `sd:StandardRetur` (`AfsendBeskedOutput`, a BasicOutput).
+///
+/// Anything else is an [`InvalidReply`].
+pub fn parse_afsend_reply(bytes: &[u8]) -> Result<StandardRetur, InvalidReply> {
+    let invalid = |why: String| InvalidReply {
+        why,
+        head: reply_head(bytes),
+    };
+    let doc = parse_document(bytes).map_err(|e| invalid(e.to_string()))?;
+    let root = doc.root_element();
+    let node = Some(root)
+        .filter(|r| is_standard_retur(*r))
+        .or_else(|| sagdok_child(root, "StandardRetur"))
+        .or_else(|| sagdok_child(root, "StatusKode").map(|_| root))
+        .ok_or_else(|| {
+            invalid(format!(
+                "the reply's root {{{}}}{} holds neither a StatusKode nor a StandardRetur",
+                root.tag_name().namespace().unwrap_or(""),
+                root.tag_name().name()
+            ))
+        })?;
+    read_standard_retur_fields(node).map_err(|e| invalid(e.to_string()))
 }
 
 /// Parses a ModtagBeskedOutput (the push receiver's answer).
@@ -407,21 +538,24 @@ pub fn parse_modtag_besked_output(bytes: &[u8]) -> Result<StandardRetur, ParseEr
 }
 
 /// A Haendelsesbesked that is not an Alive message (a stand-in for business traffic,
-/// used by the simulator and tests). It carries no real business data.
+/// used by the simulator and tests). It carries no real business data, and is written
+/// with other prefixes than the Alive message, as another sender might.
 pub fn build_business_message(besked_id: Uuid, beskedtype: Uuid) -> String {
     format!(
         concat!(
             r#"{decl}<k:Haendelsesbesked xmlns:k="{kuvert}" xmlns:s="{sagdok}">"#,
             r#"<k:BeskedId><s:UUIDIdentifikator>{id}</s:UUIDIdentifikator></k:BeskedId>"#,
             r#"<k:BeskedVersion>1.0</k:BeskedVersion>"#,
-            r#"<k:Beskedkuvert><k:Filtreringsdata><k:Beskedtype><s:UUIDIdentifikator>{t}</s:UUIDIdentifikator></k:Beskedtype></k:Filtreringsdata></k:Beskedkuvert>"#,
-            r#"<k:Beskeddata/></k:Haendelsesbesked>"#
+            r#"<k:Beskedkuvert><k:Filtreringsdata><k:Beskedtype><s:UUIDIdentifikator>{t}</s:UUIDIdentifikator></k:Beskedtype></k:Filtreringsdata>"#,
+            r#"<k:Leveranceinformation><k:Dannelsestidspunkt><s:TidsstempelDatoTid>{made}</s:TidsstempelDatoTid></k:Dannelsestidspunkt></k:Leveranceinformation>"#,
+            r#"</k:Beskedkuvert><k:Beskeddata/></k:Haendelsesbesked>"#
         ),
         decl = XML_DECL,
         kuvert = NS_KUVERT,
         sagdok = NS_SAGDOK,
         id = besked_id,
-        t = beskedtype
+        t = beskedtype,
+        made = format_time(SystemTime::now()),
     )
 }
 
@@ -573,22 +707,107 @@ mod tests {
     }
 
     #[test]
+    fn objekt_registrering_id_is_its_own_uuid() {
+        let (id, xml) = alive(&payload());
+        let doc = Document::parse(&xml).unwrap();
+        let reg = doc
+            .descendants()
+            .find(|n| is(n, NS_KUVERT, "ObjektRegistreringId"))
+            .and_then(|n| sagdok_child(n, "UUIDIdentifikator"))
+            .and_then(text_of)
+            .and_then(|t| t.parse::<Uuid>().ok())
+            .unwrap();
+        assert_ne!(reg, id);
+    }
+
+    #[test]
     fn standard_retur_both_namespaces() {
         let ours = build_standard_retur(&StandardRetur::error(41, "token <expired>"));
         assert_eq!(
-            parse_standard_retur(ours.as_bytes()).unwrap(),
+            parse_afsend_reply(ours.as_bytes()).unwrap(),
             StandardRetur::error(41, "token <expired>")
         );
         let variant = r#"<s:StandardRetur xmlns:s="urn:oio:sag-dok:3.0.0"><s:StatusKode> 20 </s:StatusKode></s:StandardRetur>"#;
         assert_eq!(
-            parse_standard_retur(variant.as_bytes()).unwrap(),
+            parse_afsend_reply(variant.as_bytes()).unwrap(),
             StandardRetur::ok()
         );
         let missing = r#"<StandardRetur xmlns="urn:oio:sagdok:3.0.0"/>"#;
+        let err = parse_afsend_reply(missing.as_bytes()).unwrap_err();
+        assert_eq!(err.why, "missing or invalid StandardRetur/StatusKode");
+        assert_eq!(err.head, missing);
+    }
+
+    #[test]
+    fn afsend_reply_in_every_shape() {
+        let r = StandardRetur::error(44, "no <such> dueslag");
+        for shape in [
+            ReplyShape::StandardRetur,
+            ReplyShape::AfsendBeskedOutput,
+            ReplyShape::OtherRoot,
+        ] {
+            let xml = build_afsend_reply(&r, shape);
+            assert_eq!(parse_afsend_reply(xml.as_bytes()), Ok(r.clone()), "{xml}");
+        }
+        // KOMBIT's schema's AfsendBeskedOutput, and a wrapper of another name, prefixed,
+        // around the variant namespace.
+        let output = r#"<bf:AfsendBeskedOutput xmlns:bf="urn:oio:sts:beskedfordeler:1.0.0"><sd:StandardRetur xmlns:sd="urn:oio:sagdok:3.0.0"><sd:StatusKode>20</sd:StatusKode></sd:StandardRetur></bf:AfsendBeskedOutput>"#;
         assert_eq!(
-            parse_standard_retur(missing.as_bytes()),
-            Err(ParseError::Missing("StandardRetur/StatusKode"))
+            parse_afsend_reply(output.as_bytes()),
+            Ok(StandardRetur::ok())
         );
+        let wrapper = r#"<Svar><v:StandardRetur xmlns:v="urn:oio:sag-dok:3.0.0"><v:StatusKode>41</v:StatusKode><v:FejlbeskedTekst>expired</v:FejlbeskedTekst></v:StandardRetur></Svar>"#;
+        assert_eq!(
+            parse_afsend_reply(wrapper.as_bytes()),
+            Ok(StandardRetur::error(41, "expired"))
+        );
+        // A root of any name whose children are the StandardRetur's.
+        let other = r#"<AfsendBeskedResponse xmlns:sd="urn:oio:sagdok:3.0.0"><sd:StatusKode>20</sd:StatusKode></AfsendBeskedResponse>"#;
+        assert_eq!(
+            parse_afsend_reply(other.as_bytes()),
+            Ok(StandardRetur::ok())
+        );
+    }
+
+    #[test]
+    fn garbage_is_an_invalid_reply() {
+        let soap = build_afsend_reply(&StandardRetur::ok(), ReplyShape::Garbage);
+        let err = parse_afsend_reply(soap.as_bytes()).unwrap_err();
+        assert!(
+            err.why
+                .contains("holds neither a StatusKode nor a StandardRetur"),
+            "{err}"
+        );
+        assert!(err.head.starts_with("<?xml"), "{}", err.head);
+        // A StatusKode in a foreign namespace, or too deep, is not one.
+        for xml in [
+            r#"<StandardRetur xmlns="urn:example:other"><StatusKode>20</StatusKode></StandardRetur>"#,
+            r#"<a><b><StandardRetur xmlns="urn:oio:sagdok:3.0.0"><StatusKode>20</StatusKode></StandardRetur></b></a>"#,
+            r#"<StandardRetur xmlns="urn:oio:sagdok:3.0.0"><StatusKode>twenty</StatusKode></StandardRetur>"#,
+            "not xml at all",
+            "",
+        ] {
+            assert!(parse_afsend_reply(xml.as_bytes()).is_err(), "{xml}");
+        }
+        let err = parse_afsend_reply(&[0xff, 0xfe, b'<']).unwrap_err();
+        assert_eq!(err.why, "document is not UTF-8");
+    }
+
+    #[test]
+    fn reply_head_is_short_printable_and_never_a_token() {
+        let long = format!("<x>\n{}</x>", "é".repeat(300));
+        let head = reply_head(long.as_bytes());
+        assert!(head.len() <= REPLY_HEAD_BYTES && head.len() > REPLY_HEAD_BYTES - 2);
+        assert!(head.starts_with("<x> é"), "{head}");
+        let err = parse_afsend_reply(long.as_bytes()).unwrap_err();
+        assert_eq!(err.head, head);
+        assert!(
+            !err.to_string().contains('é'),
+            "Display shows why, not the bytes"
+        );
+        let token = r#"<saml:Assertion xmlns:saml="urn:oasis:names:tc:SAML:2.0:assertion" ID="_t"><saml:Issuer>https://sts</saml:Issuer></saml:Assertion>"#;
+        let head = parse_afsend_reply(token.as_bytes()).unwrap_err().head;
+        assert!(!head.contains("saml"), "{head}");
     }
 
     #[test]

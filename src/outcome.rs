@@ -20,15 +20,18 @@ pub enum SendFailure {
     Connection,
     /// The broker returned the message (`basic.return`).
     Unroutable,
+    /// A reply came, but it is no StandardRetur the exporter can read (ARCHITECTURE.md §2).
+    InvalidReply,
 }
 
 impl SendFailure {
-    pub const ALL: [SendFailure; 5] = [
+    pub const ALL: [SendFailure; 6] = [
         SendFailure::Rejected,
         SendFailure::Token,
         SendFailure::Timeout,
         SendFailure::Connection,
         SendFailure::Unroutable,
+        SendFailure::InvalidReply,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +41,7 @@ impl SendFailure {
             SendFailure::Timeout => "timeout",
             SendFailure::Connection => "connection",
             SendFailure::Unroutable => "unroutable",
+            SendFailure::InvalidReply => "invalid_reply",
         }
     }
 }

@@ -35,6 +35,9 @@ pub const NS_SAGDOK: &str = "urn:oio:sagdok:3.0.0";
 pub const NS_SAGDOK_VARIANT: &str = "urn:oio:sag-dok:3.0.0";
 /// Namespace of ModtagBeskedInput / ModtagBeskedOutput (push).
 pub const NS_STS: &str = "urn:oio:sts:1.0.0";
+/// Namespace of the Beskedfordeler's own operations: AfsendBeskedOutput, the BasicOutput
+/// wrapping the StandardRetur that KOMBIT's schemas define as the Afsend answer.
+pub const NS_STS_BESKEDFORDELER: &str = "urn:oio:sts:beskedfordeler:1.0.0";
 /// Namespace of this exporter's probe payload inside Beskeddata.
 pub const NS_PROBE: &str = "urn:bfo-alive-exporter:probe:1";
 

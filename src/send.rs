@@ -1,6 +1,12 @@
 //! The Afsend policy of ARCHITECTURE.md §2 on top of any [`Afsender`]: a new correlation id per
 //! attempt, renew the token and retry on 41, retry on no reply, give up after the
 //! configured attempts, and classify the failure.
+//!
+//! An unreadable reply (`invalid_reply`) is **not** retried. It is an answer, not a lost
+//! one: the Beskedfordeler received the message and may well have accepted it, so a retry
+//! would send a second copy (an extra arrival) to learn nothing new, since a reply format
+//! the exporter cannot read comes back the same way every time. Like `rejected`, it is
+//! reported at once; the next probe tries again.
 
 use std::time::Duration;
 
@@ -21,6 +27,10 @@ pub enum SendReport {
         status: Option<i32>,
         detail: String,
         attempts: u32,
+        /// For `invalid_reply`: the reply's first bytes (`message::REPLY_HEAD_BYTES`), for
+        /// the probe trace. Never in `detail`, which is logged at warn and shown on the
+        /// status page.
+        reply_head: Option<String>,
     },
 }
 
@@ -79,6 +89,23 @@ pub async fn send(
             Err(e @ AttemptError::NoToken(_)) => {
                 return failed(SendFailure::Token, None, e.to_string(), attempt);
             }
+            Err(AttemptError::InvalidReply(r)) => {
+                tracing::debug!(
+                    dueslag = %msg.dueslag,
+                    besked_id = %msg.besked_id,
+                    attempt,
+                    why = %r.why,
+                    reply_head = %r.head,
+                    "the Afsend reply is not a StandardRetur"
+                );
+                return SendReport::Failed {
+                    reason: SendFailure::InvalidReply,
+                    status: None,
+                    detail: AttemptError::InvalidReply(r.clone()).to_string(),
+                    attempts: attempt,
+                    reply_head: Some(r.head),
+                };
+            }
         }
     }
     failed(last.0, last.1, last.2, attempts)
@@ -90,6 +117,7 @@ fn failed(reason: SendFailure, status: Option<i32>, detail: String, attempts: u3
         status,
         detail,
         attempts,
+        reply_head: None,
     }
 }
 
@@ -213,7 +241,8 @@ mod tests {
                 reason: SendFailure::Rejected,
                 status: Some(44),
                 detail: "no such dueslag".into(),
-                attempts: 1
+                attempts: 1,
+                reply_head: None,
             }
         );
     }
@@ -257,5 +286,34 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[tokio::test]
+    async fn an_invalid_reply_is_reported_at_once_with_its_head() {
+        let invalid =
+            crate::message::parse_afsend_reply(b"<html>502 Bad Gateway</html>").unwrap_err();
+        let s = Scripted::new(vec![Err(AttemptError::InvalidReply(invalid))], true);
+        let r = run(&s).await;
+        let SendReport::Failed {
+            reason,
+            status,
+            detail,
+            attempts,
+            reply_head,
+        } = r
+        else {
+            panic!("{r:?}")
+        };
+        assert_eq!(
+            (reason, status, attempts),
+            (SendFailure::InvalidReply, None, 1)
+        );
+        assert!(detail.contains("holds neither a StatusKode"), "{detail}");
+        assert!(
+            !detail.contains("502"),
+            "the bytes stay out of the detail: {detail}"
+        );
+        assert_eq!(reply_head.as_deref(), Some("<html>502 Bad Gateway</html>"));
+        assert_eq!(*s.renewals.lock().unwrap(), 0);
     }
 }

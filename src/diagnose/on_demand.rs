@@ -32,6 +32,7 @@ fn send_hint(reason: SendFailure) -> &'static str {
         SendFailure::Unroutable => hints::UNROUTABLE,
         SendFailure::Timeout => hints::SEND_TIMEOUT,
         SendFailure::Connection => hints::CONNECTION,
+        SendFailure::InvalidReply => hints::INVALID_REPLY,
     }
 }
 
@@ -65,14 +66,19 @@ pub async fn probe_once(
             reason,
             status,
             detail,
+            reply_head,
             ..
         } => {
             let code = status
                 .map(|c| format!("StandardRetur {c}: "))
                 .unwrap_or_default();
+            let head = reply_head
+                .as_ref()
+                .map(|h| format!("; the reply begins: {h}"))
+                .unwrap_or_default();
             trace.fail(
                 "publish",
-                format!("BeskedId {id}: {}{code}{detail}", reason.as_str()),
+                format!("BeskedId {id}: {}: {code}{detail}{head}", reason.as_str()),
                 send_hint(*reason),
             );
             None

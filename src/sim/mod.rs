@@ -7,6 +7,10 @@
 //!
 //! Routing: every dueslag's abonnement is taken to filter on its own name, so an Alive
 //! message reaches the dueslag named in its probe payload.
+//!
+//! Afsend replies are documents, written in the dueslag's `reply_shape`, so the sender
+//! reads them as it reads the Beskedfordeler's. Everything else the simulator writes is
+//! valid against KOMBIT's schemas.
 
 pub mod faults;
 pub mod push;
@@ -26,7 +30,9 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::config::{DueslagSpec, Faults, Mode};
-use crate::message::{StandardRetur, build_business_message, parse_haendelsesbesked};
+use crate::message::{
+    ReplyShape, StandardRetur, build_afsend_reply, build_business_message, parse_haendelsesbesked,
+};
 use crate::protocol::status;
 use faults::Fate;
 use push::Redelivery;
@@ -52,7 +58,9 @@ pub trait Sink: Send + Sync + 'static {
 /// The answer to one Afsend call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum AfsendAnswer {
-    Reply(StandardRetur),
+    /// The reply document, written in the dueslag's `reply_shape`: the sender reads it as it
+    /// would read the Beskedfordeler's.
+    Reply(Bytes),
     Outage,
     Unroutable,
     NoReply,
@@ -65,6 +73,10 @@ enum Injected {
     Business,
     /// An Alive message of another exporter instance.
     ForeignAlive,
+}
+
+fn reply(r: StandardRetur, shape: ReplyShape) -> AfsendAnswer {
+    AfsendAnswer::Reply(Bytes::from(build_afsend_reply(&r, shape)))
 }
 
 /// An Alive message as another exporter instance would send it.
@@ -201,20 +213,23 @@ impl Simulator {
         let msg = match parse_haendelsesbesked(body) {
             Ok(m) => m,
             Err(e) => {
-                return AfsendAnswer::Reply(StandardRetur::error(
-                    status::INVALID_INPUT,
-                    format!("invalid Haendelsesbesked: {e}"),
-                ));
+                return reply(
+                    StandardRetur::error(
+                        status::INVALID_INPUT,
+                        format!("invalid Haendelsesbesked: {e}"),
+                    ),
+                    ReplyShape::default(),
+                );
             }
         };
         let Some(name) = msg.probe.as_ref().map(|p| p.dueslag.clone()) else {
             // No abonnement matches: accepted, delivered nowhere.
-            return AfsendAnswer::Reply(StandardRetur::ok());
+            return reply(StandardRetur::ok(), ReplyShape::default());
         };
-        let (target, fate) = {
+        let (target, fate, shape) = {
             let mut slots = self.slots.lock().unwrap();
             let Some(slot) = slots.get_mut(&name) else {
-                return AfsendAnswer::Reply(StandardRetur::ok());
+                return reply(StandardRetur::ok(), ReplyShape::default());
             };
             slot.calls += 1;
             let fate = if slot.calls <= u64::from(slot.faults.reject_first) {
@@ -226,16 +241,16 @@ impl Simulator {
                     &mut *self.rng.lock().unwrap(),
                 )
             };
-            (slot.target.clone(), fate)
+            (slot.target.clone(), fate, slot.faults.reply_shape)
         };
         match fate {
             Fate::Outage => AfsendAnswer::Outage,
             Fate::Unroutable => AfsendAnswer::Unroutable,
             Fate::NoReply => AfsendAnswer::NoReply,
-            Fate::Reject(code) => AfsendAnswer::Reply(StandardRetur::error(
-                code,
-                "rejected by the simulator's fault injection",
-            )),
+            Fate::Reject(code) => reply(
+                StandardRetur::error(code, "rejected by the simulator's fault injection"),
+                shape,
+            ),
             Fate::Accept(plan) => {
                 let body = Bytes::copy_from_slice(body);
                 if plan.reorder {
@@ -257,7 +272,7 @@ impl Simulator {
                         self.schedule(target.clone(), body.clone(), delay);
                     }
                 }
-                AfsendAnswer::Reply(StandardRetur::ok())
+                reply(StandardRetur::ok(), shape)
             }
         }
     }

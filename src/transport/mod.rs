@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use uuid::Uuid;
 
-use crate::message::StandardRetur;
+use crate::message::{InvalidReply, StandardRetur};
 
 /// One Alive message to send; the same for every attempt.
 #[derive(Debug, Clone)]
@@ -32,7 +32,7 @@ pub struct Outgoing {
     pub body: Bytes,
 }
 
-/// Why one attempt got no StandardRetur.
+/// Why one attempt got no readable StandardRetur.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum AttemptError {
     #[error("no reply within the send timeout")]
@@ -43,6 +43,10 @@ pub enum AttemptError {
     Unroutable,
     #[error("no token: {0}")]
     NoToken(String),
+    /// A reply came that is none of the shapes `message::parse_afsend_reply` reads. Its
+    /// `Display` never includes the reply's bytes (they go to the debug log only).
+    #[error("unreadable Afsend reply: {0}")]
+    InvalidReply(InvalidReply),
 }
 
 /// Sends to the Beskedfordeler's Afsend service.

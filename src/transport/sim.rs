@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use uuid::Uuid;
 
 use super::{Afhenter, Afsender, AttemptError, Delivery, DeliveryHandle, Outgoing, PullConsumer};
-use crate::message::StandardRetur;
+use crate::message::{StandardRetur, parse_afsend_reply};
 use crate::sim::queue::{SimConsumer, SimDelivery};
 use crate::sim::{AfsendAnswer, LocalSink, Simulator};
 
@@ -25,7 +25,9 @@ impl Afsender for SimAfsender {
         timeout: Duration,
     ) -> Result<StandardRetur, AttemptError> {
         match self.sim.afsend(&msg.body) {
-            AfsendAnswer::Reply(r) => Ok(r),
+            AfsendAnswer::Reply(body) => {
+                parse_afsend_reply(&body).map_err(AttemptError::InvalidReply)
+            }
             AfsendAnswer::Outage => Err(AttemptError::Connection("simulated outage".into())),
             AfsendAnswer::Unroutable => Err(AttemptError::Unroutable),
             AfsendAnswer::NoReply => {

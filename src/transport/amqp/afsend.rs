@@ -4,8 +4,8 @@
 //! (no-ack) before its first publish, because RabbitMQ refuses a publish whose reply-to is
 //! `amq.rabbitmq.reply-to` on a channel that does not consume it. Each attempt publishes
 //! mandatory with a fresh correlation id, the transaction id as `message_id` and the token
-//! in the `token` header, and waits for the StandardRetur whose correlation id matches. A
-//! `basic.return` is "unroutable".
+//! in the `token` header, and waits for the reply whose correlation id matches, read as
+//! `message::parse_afsend_reply` reads it. A `basic.return` is "unroutable".
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use uuid::Uuid;
 
 use super::Link;
-use crate::message::{StandardRetur, parse_standard_retur};
+use crate::message::{StandardRetur, parse_afsend_reply};
 use crate::protocol::Service;
 use crate::protocol::{AFSEND_EXCHANGE, AFSEND_ROUTING_KEY, DIRECT_REPLY_TO, TOKEN_HEADER};
 use crate::transport::{Afsender, AttemptError, Outgoing};
@@ -169,9 +169,10 @@ impl Afsender for AmqpAfsender {
                     Err(AttemptError::Unroutable)
                 } else {
                     match tokio::time::timeout_at(deadline, rx).await {
-                        Ok(Ok(body)) => parse_standard_retur(&body).map_err(|e| {
-                            AttemptError::Connection(format!("unreadable StandardRetur: {e}"))
-                        }),
+                        // The channel is fine: an unreadable reply keeps it.
+                        Ok(Ok(body)) => {
+                            parse_afsend_reply(&body).map_err(AttemptError::InvalidReply)
+                        }
                         Ok(Err(_)) => {
                             Err(AttemptError::Connection("the reply channel closed".into()))
                         }
