@@ -311,3 +311,7 @@ fn hangups() -> mpsc::Receiver<()> {
     drop(tx);
     rx
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -13,6 +13,9 @@
 
 pub mod connect;
 
+#[cfg(test)]
+mod broker_tests;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
