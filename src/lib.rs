@@ -52,6 +52,8 @@ pub mod shard;
 pub mod sim;
 pub mod status;
 pub mod supervisor;
+#[cfg(test)]
+mod testkit;
 pub mod tls;
 pub mod tls_listener;
 pub mod token;

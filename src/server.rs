@@ -328,3 +328,7 @@ fn hangups() -> mpsc::Receiver<()> {
     drop(tx);
     rx
 }
+
+#[cfg(test)]
+#[path = "server_tests.rs"]
+mod tests;

@@ -5,12 +5,22 @@ mod common;
 
 use std::time::Duration;
 
+use bfo_alive_exporter::server::Server;
 use common::broker::*;
+use common::emulator::*;
 use common::*;
+use tokio_util::sync::CancellationToken;
 
 const ANVENDER: &str = "cf12c051-39ce-4066-ba11-704b46fa23c4";
 
-fn emulator_config(url: &str, require_token: bool, push_port: u16, faults: &str) -> String {
+/// The emulator's dueslag: `p` by pull, and `h` by push to `push` (`http(s)://host:port`)
+/// when the test has an exporter for it to push to.
+fn emulator_config(url: &str, require_token: bool, push: Option<&str>, faults: &str) -> String {
+    let h = push
+        .map(|base| {
+            format!("[[dueslag]]\nname = \"h\"\nmode = \"push\"\npush_url = \"{base}/push/h\"\n")
+        })
+        .unwrap_or_default();
     format!(
         r#"
 [emulator]
@@ -23,17 +33,14 @@ require_token = {require_token}
 name = "p"
 mode = "pull"
 queue = "q-pull"
-
-[[dueslag]]
-name = "h"
-mode = "push"
-push_url = "http://127.0.0.1:{push_port}/push/h"
-{faults}
+{h}{faults}
 "#
     )
 }
 
-fn exporter_config(url: &str, push_port: u16, extra: &str, dueslag: &str) -> String {
+/// The exporter on the `amqp` backend; its push endpoint listens on a port of its own,
+/// bound on :0 (the emulator learns it from [`Server::push_addr`]).
+fn exporter_config(url: &str, extra: &str, dueslag: &str) -> String {
     format!(
         r#"{IDENTITY}
 [broker]
@@ -42,7 +49,7 @@ url = "{url}"
 auth = "plain"
 {extra}
 [push]
-listen = "127.0.0.1:{push_port}"
+listen = "127.0.0.1:0"
 
 [defaults]
 interval = "200ms"
@@ -52,15 +59,54 @@ send_timeout = "1s"
     )
 }
 
+fn push_base(s: &Server) -> String {
+    format!("http://{}", s.push_addr)
+}
+
+/// The exporter first (its pull queue declared ahead), then the emulator, which pushes to
+/// the exporter's bound address.
+async fn start_both(
+    url: &str,
+    require_token: bool,
+    faults: &str,
+    extra: &str,
+    dueslag: &str,
+) -> (Server, ConfigFile, CancellationToken) {
+    declare_queues(url, &["q-pull"]).await;
+    let (s, f) = start(&exporter_config(url, extra, dueslag)).await;
+    let emu = start_emulator(&emulator_config(
+        url,
+        require_token,
+        Some(&push_base(&s)),
+        faults,
+    ))
+    .await;
+    (s, f, emu)
+}
+
+/// Waits until the ready messages of a queue are `want` (the broker requeues a closed
+/// consumer's unacknowledged messages after the close).
+async fn wait_queue(url: &str, queue: &str, want: &[&[u8]]) {
+    wait_for(Duration::from_secs(10), || async {
+        let bodies = queue_bodies(url, queue).await;
+        (bodies == want).then_some(()).ok_or_else(|| {
+            format!(
+                "{queue} holds {} message(s), not {}",
+                bodies.len(),
+                want.len()
+            )
+        })
+    })
+    .await
+}
+
 const BOTH: &str = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\n[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
 
 #[tokio::test]
 async fn pull_and_push_round_trips_through_the_emulator() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("roundtrip");
-    let port = free_port();
-    let emu = start_emulator(&emulator_config(&url, false, port, "")).await;
-    let (s, _f) = start(&exporter_config(&url, port, "", BOTH)).await;
+    let (s, _f, emu) = start_both(&url, false, "", "", BOTH).await;
     let text = wait_metric(
         &s,
         r#"bfo_alive_probes_total{dueslag="p",mode="pull",result="success"}"#,
@@ -93,7 +139,7 @@ async fn pull_and_push_round_trips_through_the_emulator() {
     s.stop().await;
     emu.cancel();
     // Every Alive message was acknowledged: nothing is left in the dueslag queue.
-    assert!(queue_bodies(&url, "q-pull").await.is_empty());
+    wait_queue(&url, "q-pull", &[]).await;
 }
 
 fn saml(not_on_or_after: &str) -> String {
@@ -106,8 +152,6 @@ fn saml(not_on_or_after: &str) -> String {
 async fn token_expiry_41_then_renewed_token_succeeds() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("token");
-    let port = free_port();
-    let emu = start_emulator(&emulator_config(&url, true, port, "")).await;
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token.xml");
     std::fs::write(&token_file, saml("2020-01-01T00:00:00Z")).unwrap();
@@ -116,7 +160,7 @@ async fn token_expiry_41_then_renewed_token_succeeds() {
         token_file.display()
     );
     let pull = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\n";
-    let (s, _f) = start(&exporter_config(&url, port, &extra, pull)).await;
+    let (s, _f, emu) = start_both(&url, true, "", &extra, pull).await;
     // The expired token is answered 41, renewed (the file still holds it), and in the end
     // counted as a token failure.
     wait_metric(
@@ -166,16 +210,9 @@ async fn token_expiry_41_then_renewed_token_succeeds() {
 async fn rejection_codes_are_counted_with_the_code() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("reject");
-    let port = free_port();
-    let emu = start_emulator(&emulator_config(
-        &url,
-        false,
-        port,
-        "[faults.h]\nreject = 1.0\nreject_code = 44\n",
-    ))
-    .await;
     let push = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
-    let (s, _f) = start(&exporter_config(&url, port, "", push)).await;
+    let faults = "[faults.h]\nreject = 1.0\nreject_code = 44\n";
+    let (s, _f, emu) = start_both(&url, false, faults, "", push).await;
     let text = wait_metric(
         &s,
         r#"bfo_alive_send_failures_total{dueslag="h",reason="rejected"}"#,
@@ -208,14 +245,13 @@ async fn rejection_codes_are_counted_with_the_code() {
 async fn emulator_refuses_a_foreign_sender() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("sender");
-    let port = free_port();
+    let push = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
+    let (s, _f) = start(&exporter_config(&url, "", push)).await;
     let emu = start_emulator(
-        &emulator_config(&url, false, port, "")
+        &emulator_config(&url, false, Some(&push_base(&s)), "")
             .replace(ANVENDER, "00000000-0000-0000-0000-000000000001"),
     )
     .await;
-    let push = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
-    let (s, _f) = start(&exporter_config(&url, port, "", push)).await;
     wait_metric(
         &s,
         r#"bfo_alive_send_failures_total{dueslag="h",reason="rejected"}"#,
@@ -235,10 +271,10 @@ async fn emulator_refuses_a_foreign_sender() {
 async fn unroutable_when_nothing_is_bound_to_the_exchange() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("unroutable");
-    // The exchange exists (declared here, as the exporter never declares), but no queue is bound.
+    // The exchange exists (the exporter never declares it), but no queue is bound to it.
     declare_unbound_exchange(&url).await;
     let push = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
-    let (s, _f) = start(&exporter_config(&url, free_port(), "", push)).await;
+    let (s, _f) = start(&exporter_config(&url, "", push)).await;
     let text = wait_metric(
         &s,
         r#"bfo_alive_send_failures_total{dueslag="h",reason="unroutable"}"#,
@@ -259,9 +295,7 @@ async fn unroutable_when_nothing_is_bound_to_the_exchange() {
 async fn closed_connections_are_survived_and_counted() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("close");
-    let port = free_port();
-    let emu = start_emulator(&emulator_config(&url, false, port, "")).await;
-    let (s, _f) = start(&exporter_config(&url, port, "", BOTH)).await;
+    let (s, _f, emu) = start_both(&url, false, "", "", BOTH).await;
     wait_metric(
         &s,
         r#"bfo_alive_probes_total{dueslag="p",mode="pull",result="success"}"#,
@@ -319,15 +353,15 @@ async fn closed_connections_are_survived_and_counted() {
 async fn a_business_message_in_a_pull_dueslag_is_never_taken() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("business");
-    let port = free_port();
-    let emu = start_emulator(&emulator_config(&url, false, port, "")).await;
+    // Only the pull dueslag: the emulator pushes nowhere.
+    let emu = start_emulator(&emulator_config(&url, false, None, "")).await;
     let business = bfo_alive_exporter::message::build_business_message(
         uuid::Uuid::new_v4(),
         uuid::Uuid::new_v4(),
     );
     publish_to_queue(&url, "q-pull", business.as_bytes()).await;
     let pull = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\n";
-    let (s, _f) = start(&exporter_config(&url, port, "", pull)).await;
+    let (s, _f) = start(&exporter_config(&url, "", pull)).await;
     // Held, and the Alive messages behind it keep flowing.
     let text = wait_metric(
         &s,
@@ -348,18 +382,13 @@ async fn a_business_message_in_a_pull_dueslag_is_never_taken() {
     );
     s.stop().await;
     emu.cancel();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let left = queue_bodies(&url, "q-pull").await;
-    assert_eq!(
-        left,
-        vec![business.clone().into_bytes()],
-        "the business message must still be in the dueslag"
-    );
+    // The business message is back in the dueslag once the consumer has closed.
+    wait_queue(&url, "q-pull", &[business.as_bytes()]).await;
 
     // With unexpected = "error-queue" it is dead-lettered to the error queue, still not acknowledged.
-    let emu = start_emulator(&emulator_config(&url, false, port, "")).await;
+    let emu = start_emulator(&emulator_config(&url, false, None, "")).await;
     let pull = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\nunexpected = \"error-queue\"\n";
-    let (s, _f) = start(&exporter_config(&url, port, "", pull)).await;
+    let (s, _f) = start(&exporter_config(&url, "", pull)).await;
     wait_metric(
         &s,
         r#"bfo_alive_received_total{dueslag="p",mode="pull",kind="unexpected"}"#,
@@ -368,11 +397,7 @@ async fn a_business_message_in_a_pull_dueslag_is_never_taken() {
     .await;
     s.stop().await;
     emu.cancel();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        queue_bodies(&url, "q-pull.error").await,
-        vec![business.into_bytes()]
-    );
+    wait_queue(&url, "q-pull.error", &[business.as_bytes()]).await;
     assert!(queue_bodies(&url, "q-pull").await.is_empty());
 }
 
@@ -382,15 +407,15 @@ async fn mutual_tls_to_the_broker() {
     let plain = b.vhost("tls");
     let vhost = vhost_of(&plain);
     let tls_url = b.url_for(&vhost, true);
-    let port = free_port();
-    let emu = start_emulator(&emulator_config(&plain, false, port, "")).await;
     let extra = format!(
         "[broker.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
         b.var("AMQP_CA"),
         b.var("AMQP_CLIENT_CERT"),
         b.var("AMQP_CLIENT_KEY")
     );
-    let (s, _f) = start(&exporter_config(&tls_url, port, &extra, BOTH)).await;
+    declare_queues(&plain, &["q-pull"]).await;
+    let (s, _f) = start(&exporter_config(&tls_url, &extra, BOTH)).await;
+    let emu = start_emulator(&emulator_config(&plain, false, Some(&push_base(&s)), "")).await;
     wait_metric(
         &s,
         r#"bfo_alive_probes_total{dueslag="p",mode="pull",result="success"}"#,
@@ -407,7 +432,7 @@ async fn mutual_tls_to_the_broker() {
 
     // Without a client certificate the broker refuses the TLS connection: connection failures.
     let extra = format!("[broker.tls]\nca_file = \"{}\"\n", b.var("AMQP_CA"));
-    let (s, _f) = start(&exporter_config(&tls_url, port, &extra, BOTH)).await;
+    let (s, _f) = start(&exporter_config(&tls_url, &extra, BOTH)).await;
     let text = wait_metric(
         &s,
         r#"bfo_alive_send_failures_total{dueslag="h",reason="connection"}"#,
@@ -426,33 +451,26 @@ async fn mutual_tls_to_the_broker() {
 async fn push_over_mutual_tls_from_the_emulator() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("pushtls");
-    let port = free_port();
     // The broker's test PKI: the server certificate is for localhost/127.0.0.1.
     let tls_dir = b.path("AMQP_CA").parent().unwrap().to_path_buf();
-    let emu_cfg = emulator_config(&url, false, port, "")
-        .replace(&format!("http://127.0.0.1:{port}"), &format!("https://localhost:{port}"))
-        .replace(
-            "require_token = false",
-            &format!(
-                "require_token = false\n[emulator.push_tls]\nca_file = \"{ca}\"\ncert_file = \"{d}/client.pem\"\nkey_file = \"{d}/client.key\"",
-                ca = b.var("AMQP_CA"),
-                d = tls_dir.display()
-            ),
-        );
-    let emu = start_emulator(&emu_cfg).await;
     let extra = format!(
         "[push.tls]\ncert_file = \"{d}/server.pem\"\nkey_file = \"{d}/server.key\"\nclient_ca_file = \"{ca}\"\n",
         d = tls_dir.display(),
         ca = b.var("AMQP_CA")
     );
-    let cfg = exporter_config(
-        &url,
-        port,
-        "",
-        "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n",
-    )
-    .replace("[push]\n", &format!("{extra}[push]\n"));
+    let cfg = exporter_config(&url, "", "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n")
+        .replace("[push]\n", &format!("{extra}[push]\n"));
     let (s, _f) = start(&cfg).await;
+    let push = format!("https://localhost:{}", s.push_addr.port());
+    let emu_cfg = emulator_config(&url, false, Some(&push), "").replace(
+        "require_token = false",
+        &format!(
+            "require_token = false\n[emulator.push_tls]\nca_file = \"{ca}\"\ncert_file = \"{d}/client.pem\"\nkey_file = \"{d}/client.key\"",
+            ca = b.var("AMQP_CA"),
+            d = tls_dir.display()
+        ),
+    );
+    let emu = start_emulator(&emu_cfg).await;
     wait_metric(
         &s,
         r#"bfo_alive_probes_total{dueslag="h",mode="push",result="success"}"#,
@@ -467,7 +485,7 @@ async fn push_over_mutual_tls_from_the_emulator() {
         .build()
         .unwrap();
     let r = client
-        .post(format!("https://localhost:{port}/push/h"))
+        .post(format!("{push}/push/h"))
         .body("<x/>")
         .send()
         .await;

@@ -7,35 +7,17 @@ mod common;
 use std::time::Duration;
 
 use common::broker::*;
+use common::emulator::*;
 use common::*;
+
+/// The dueslag of both sides; the emulator adds the push URL to the last, `h`.
+const DUESLAG: &str = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-restart\"\n[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
 
 #[tokio::test]
 async fn broker_stop_and_start_is_survived() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("restart");
-    let push_port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let emu = start_emulator(&format!(
-        r#"
-[emulator]
-url = "{url}"
-anvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"
-cvr = "29189846"
-require_token = false
-[[dueslag]]
-name = "p"
-mode = "pull"
-queue = "q-restart"
-[[dueslag]]
-name = "h"
-mode = "push"
-push_url = "http://127.0.0.1:{push_port}/push/h"
-"#
-    ))
-    .await;
+    declare_queues(&url, &["q-restart"]).await;
     let (s, _f) = start(&format!(
         r#"{IDENTITY}
 [broker]
@@ -43,19 +25,25 @@ backend = "amqp"
 url = "{url}"
 auth = "plain"
 [push]
-listen = "127.0.0.1:{push_port}"
+listen = "127.0.0.1:0"
 [defaults]
 interval = "200ms"
 timeout = "3s"
 send_timeout = "1s"
-[[dueslag]]
-name = "p"
-mode = "pull"
-queue = "q-restart"
-[[dueslag]]
-name = "h"
-mode = "push"
-"#
+{DUESLAG}"#
+    ))
+    .await;
+    // The emulator pushes to the address the exporter bound.
+    let emu = start_emulator(&format!(
+        r#"
+[emulator]
+url = "{url}"
+anvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"
+cvr = "29189846"
+require_token = false
+{DUESLAG}push_url = "http://{}/push/h"
+"#,
+        s.push_addr
     ))
     .await;
     wait_metric(

@@ -7,6 +7,7 @@ mod common;
 use std::process::Command;
 
 use common::broker::*;
+use common::emulator::*;
 use common::*;
 
 struct Run {

@@ -3,7 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -22,6 +23,60 @@ impl Drop for Reaper {
     }
 }
 
+/// The binary, running on 127.0.0.1:0.
+struct Exporter {
+    child: Child,
+    /// The address it bound, from its `listening` log line.
+    addr: SocketAddr,
+    /// Its log (stderr), whole once it has exited.
+    log: std::thread::JoinHandle<String>,
+    _reaper: Reaper,
+}
+
+/// Starts the binary with `args` on 127.0.0.1:0 and waits for the address it bound.
+fn spawn(args: &[&str], stdout: Stdio) -> Exporter {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_bfo-alive-exporter"))
+        .args(args)
+        .args(["--web.listen-address", "127.0.0.1:0"])
+        .stdout(stdout)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let reaper = Reaper(child.id());
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::thread::spawn(move || {
+        let mut log = String::new();
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = listening_addr(&line) {
+                let _ = tx.send(addr);
+            }
+            log.push_str(&line);
+            log.push('\n');
+        }
+        log
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("a `listening` log line with the bound address");
+    Exporter {
+        child,
+        addr,
+        log,
+        _reaper: reaper,
+    }
+}
+
+/// `addr` of the log line `message=listening addr=127.0.0.1:PORT push_addr=...`.
+fn listening_addr(line: &str) -> Option<SocketAddr> {
+    if !line.contains("message=listening") {
+        return None;
+    }
+    line.split_whitespace()
+        .find_map(|field| field.strip_prefix("addr="))
+        .and_then(|a| a.trim_matches('"').parse().ok())
+}
+
 fn signal(child: &Child, sig: &str) {
     let ok = Command::new("kill")
         .args([&format!("-{sig}"), &child.id().to_string()])
@@ -31,19 +86,23 @@ fn signal(child: &Child, sig: &str) {
 }
 
 async fn fetch(url: &str) -> Result<String, String> {
-    bfo_alive_exporter::tls::install_crypto_provider();
+    // reqwest here has no TLS provider of its own; the process default is ring, as in
+    // the exporter.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match reqwest::get(url).await {
         Ok(r) => r.text().await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),
     }
 }
 
+/// The exit code within `limit`, or `None` (and the child killed).
 fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
     let start = std::time::Instant::now();
     while start.elapsed() < limit {
         if let Some(s) = child.try_wait().unwrap() {
             return s.code();
         }
+        // Real time: a child process, and std has no wait with a timeout. A bounded poll.
         std::thread::sleep(Duration::from_millis(50));
     }
     let _ = child.kill();
@@ -55,20 +114,11 @@ async fn sighup_reloads_and_sigterm_exits_zero() {
     let cfg = ConfigFile::new(&format!(
         "{IDENTITY}{SIM}\n[defaults]\ninterval = \"100ms\"\n[[dueslag]]\nname = \"a\"\nmode = \"push\"\n"
     ));
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bfo-alive-exporter"))
-        .args([
-            "--config.file",
-            cfg.path.to_str().unwrap(),
-            "--web.listen-address",
-            &format!("127.0.0.1:{port}"),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let _reaper = Reaper(child.id());
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    let e = spawn(
+        &["--config.file", cfg.path.to_str().unwrap()],
+        Stdio::null(),
+    );
+    let url = format!("http://{}/metrics", e.addr);
     wait_for(Duration::from_secs(20), || async {
         let t = fetch(&url).await?;
         t.contains(r#"dueslag="a""#)
@@ -79,6 +129,7 @@ async fn sighup_reloads_and_sigterm_exits_zero() {
     cfg.write(&format!(
         "{IDENTITY}{SIM}\n[defaults]\ninterval = \"100ms\"\n[[dueslag]]\nname = \"b\"\nmode = \"push\"\n"
     ));
+    let mut child = e.child;
     signal(&child, "HUP");
     wait_for(Duration::from_secs(10), || async {
         let t = fetch(&url).await?;
@@ -88,36 +139,21 @@ async fn sighup_reloads_and_sigterm_exits_zero() {
     })
     .await;
     signal(&child, "TERM");
-    let code = tokio::task::spawn_blocking(move || {
-        let code = wait_exit(&mut child, Duration::from_secs(15));
-        let mut log = String::new();
-        for line in BufReader::new(child.stderr.take().unwrap()).lines() {
-            log.push_str(&line.unwrap());
-            log.push('\n');
-        }
-        (code, log)
-    })
-    .await
-    .unwrap();
-    assert_eq!(code.0, Some(0), "log:\n{}", code.1);
+    let code = tokio::task::spawn_blocking(move || wait_exit(&mut child, Duration::from_secs(15)))
+        .await
+        .unwrap();
+    let log = e.log.join().unwrap();
+    assert_eq!(code, Some(0), "log:\n{log}");
     assert!(
-        code.1.contains("configuration reloaded") && code.1.contains("stopped"),
-        "{}",
-        code.1
+        log.contains("configuration reloaded") && log.contains("stopped"),
+        "{log}"
     );
 }
 
 #[tokio::test]
 async fn demo_runs_and_prints_where_to_look() {
-    let port = free_port();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bfo-alive-exporter"))
-        .args(["demo", "--web.listen-address", &format!("127.0.0.1:{port}")])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let _reaper = Reaper(child.id());
-    let url = format!("http://127.0.0.1:{port}/metrics");
+    let e = spawn(&["demo"], Stdio::piped());
+    let url = format!("http://{}/metrics", e.addr);
     let text = wait_for(Duration::from_secs(20), || async {
         let t = fetch(&url).await?;
         match value(
@@ -132,22 +168,22 @@ async fn demo_runs_and_prints_where_to_look() {
     for d in ["sag-pull", "sag-push", "flaky-pull", "flaky-push"] {
         assert!(text.contains(&format!(r#"dueslag="{d}""#)), "{d}");
     }
+    let mut child = e.child;
     signal(&child, "INT");
-    let out = tokio::task::spawn_blocking(move || {
+    let (code, stdout) = tokio::task::spawn_blocking(move || {
         let code = wait_exit(&mut child, Duration::from_secs(15));
         let mut stdout = String::new();
-        for line in BufReader::new(child.stdout.take().unwrap()).lines() {
-            stdout.push_str(&line.unwrap());
-            stdout.push('\n');
-        }
+        child
+            .stdout
+            .take()
+            .unwrap()
+            .read_to_string(&mut stdout)
+            .unwrap();
         (code, stdout)
     })
     .await
     .unwrap();
-    assert_eq!(out.0, Some(0));
-    assert!(
-        out.1.contains(&format!("http://127.0.0.1:{port}/metrics")),
-        "{}",
-        out.1
-    );
+    assert_eq!(code, Some(0));
+    // It prints the address it bound, the same one it logs.
+    assert!(stdout.contains(&url), "{stdout}");
 }

@@ -556,7 +556,7 @@ foreign_every = "200ms"
 "#,
         dueslag
     );
-    let emu = broker::start_emulator(&emulated).await;
+    let emu = emulator::start_emulator(&emulated).await;
     let exporter = format!(
         "{IDENTITY}[broker]\nbackend = \"amqp\"\nurl = \"{url}\"\nauth = \"plain\"\n\n[defaults]\ninterval = \"200ms\"\ntimeout = \"5s\"\nsend_timeout = \"2s\"\n\n{dueslag}[[dueslag]]\nname = \"h\"\nmode = \"push\"\n"
     );
@@ -601,7 +601,7 @@ foreign_every = "200ms"
 /// The bodies in a queue, once it holds at least `n`.
 async fn queue_bodies_at_least(url: &str, queue: &str, n: usize) -> Vec<Vec<u8>> {
     wait_for(Duration::from_secs(20), || async {
-        let bodies = broker::queue_bodies(url, queue).await;
+        let bodies = emulator::queue_bodies(url, queue).await;
         if bodies.len() >= n {
             Ok(bodies)
         } else {

@@ -364,3 +364,6 @@ pub async fn run(probe: Arc<DueslagProbe>, afsender: Arc<dyn Afsender>, stop: Ca
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

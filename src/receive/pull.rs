@@ -88,3 +88,7 @@ pub async fn run_pull(
         probe.held(0, false);
     }
 }
+
+#[cfg(test)]
+#[path = "pull_tests.rs"]
+mod tests;

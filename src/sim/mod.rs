@@ -120,6 +120,15 @@ impl Simulator {
     pub fn new(sink: Arc<dyn Sink>, stop: CancellationToken) -> Arc<Self> {
         let timer = DeliveryTimer::start(tokio::runtime::Handle::current())
             .expect("cannot start the simulator's timer thread");
+        Simulator::with_timer(sink, stop, timer)
+    }
+
+    /// With another delivery timer: [`DeliveryTimer::tokio`] for tests on paused time.
+    pub fn with_timer(
+        sink: Arc<dyn Sink>,
+        stop: CancellationToken,
+        timer: DeliveryTimer,
+    ) -> Arc<Self> {
         Arc::new(Simulator {
             timer,
             started: Instant::now(),
@@ -310,7 +319,7 @@ impl Simulator {
             return;
         }
         let me: Weak<Self> = Arc::downgrade(self);
-        self.timer.at(std::time::Instant::now() + delay, move || {
+        self.timer.after(delay, move || {
             if let Some(me) = me.upgrade().filter(|m| !m.stop.is_cancelled()) {
                 me.deliver_with_reordered(&target, body);
             }

@@ -6,11 +6,15 @@
 //! arrived after 5.9 ms. One dedicated thread that sleeps on a condition variable until the
 //! earliest deadline keeps to the configured delay. Jobs run on that thread inside the
 //! runtime's context, so they may spawn tasks; they must be quick.
+//!
+//! Tests on paused tokio time use [`DeliveryTimer::tokio`] instead: one task on tokio's
+//! clock, with the same ordering, so `tokio::time::pause` drives the deliveries too (the
+//! thread follows the real clock and would deliver while virtual time stands still).
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 type Job = Box<dyn FnOnce() + Send>;
 
@@ -45,15 +49,53 @@ struct State {
     stopped: bool,
 }
 
+/// What the timer does next.
+enum Next {
+    Stop,
+    Run(Job),
+    Wait(Option<Instant>),
+}
+
+impl State {
+    fn next(&mut self, now: Instant) -> Next {
+        if self.stopped {
+            return Next::Stop;
+        }
+        match self.jobs.peek().map(|j| j.due) {
+            Some(due) if due <= now => Next::Run(self.jobs.pop().expect("peeked").job),
+            due => Next::Wait(due),
+        }
+    }
+}
+
 #[derive(Default)]
 struct Shared {
     state: Mutex<State>,
     wake: Condvar,
+    /// Wakes the task of [`DeliveryTimer::tokio`].
+    wake_task: tokio::sync::Notify,
 }
 
-/// A timer thread; dropping it stops the thread and drops the jobs not yet due.
+impl Shared {
+    fn wake(&self) {
+        self.wake.notify_one();
+        self.wake_task.notify_one();
+    }
+}
+
+/// Which clock the timer follows.
+#[derive(Clone, Copy)]
+enum Clock {
+    /// The real clock, on a dedicated thread.
+    Thread,
+    /// tokio's clock (paused in tests), in a task.
+    Tokio,
+}
+
+/// A timer thread (or task); dropping it stops it and drops the jobs not yet due.
 pub struct DeliveryTimer {
     shared: Arc<Shared>,
+    clock: Clock,
 }
 
 impl DeliveryTimer {
@@ -67,11 +109,30 @@ impl DeliveryTimer {
                 let _context = runtime.enter();
                 run(&s);
             })?;
-        Ok(DeliveryTimer { shared })
+        Ok(DeliveryTimer {
+            shared,
+            clock: Clock::Thread,
+        })
     }
 
-    /// Runs `job` at `due` (at once if `due` has passed).
-    pub fn at(&self, due: Instant, job: impl FnOnce() + Send + 'static) {
+    /// A timer on tokio's clock, for tests on paused time; whole milliseconds, like every
+    /// tokio timer. Must be called inside a tokio runtime.
+    pub fn tokio() -> Self {
+        let shared = Arc::new(Shared::default());
+        tokio::spawn(run_on_tokio(shared.clone()));
+        DeliveryTimer {
+            shared,
+            clock: Clock::Tokio,
+        }
+    }
+
+    /// Runs `job` once `delay` has passed from now (at once for no delay), on the timer's
+    /// clock. Jobs due at the same time run in the order they were added.
+    pub fn after(&self, delay: Duration, job: impl FnOnce() + Send + 'static) {
+        let due = match self.clock {
+            Clock::Thread => Instant::now(),
+            Clock::Tokio => tokio_now(),
+        } + delay;
         let mut st = self.shared.state.lock().unwrap();
         st.seq += 1;
         let seq = st.seq;
@@ -83,7 +144,7 @@ impl DeliveryTimer {
         });
         drop(st);
         if earliest {
-            self.shared.wake.notify_one();
+            self.shared.wake();
         }
     }
 }
@@ -94,28 +155,49 @@ impl Drop for DeliveryTimer {
         st.stopped = true;
         st.jobs.clear();
         drop(st);
-        self.shared.wake.notify_one();
+        self.shared.wake();
     }
 }
 
 fn run(shared: &Shared) {
     let mut st = shared.state.lock().unwrap();
     loop {
-        if st.stopped {
-            return;
-        }
         let now = Instant::now();
-        let next_due = st.jobs.peek().map(|j| j.due);
-        st = match next_due {
-            None => shared.wake.wait(st).unwrap(),
-            Some(due) if due <= now => {
-                let job = st.jobs.pop().expect("peeked").job;
+        st = match st.next(now) {
+            Next::Stop => return,
+            Next::Run(job) => {
                 drop(st);
                 job();
                 shared.state.lock().unwrap()
             }
-            Some(due) => shared.wake.wait_timeout(st, due - now).unwrap().0,
+            Next::Wait(None) => shared.wake.wait(st).unwrap(),
+            Next::Wait(Some(due)) => shared.wake.wait_timeout(st, due - now).unwrap().0,
         };
+    }
+}
+
+/// tokio's now, as the `std` instant its (possibly paused) clock stands at.
+fn tokio_now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
+async fn run_on_tokio(shared: Arc<Shared>) {
+    loop {
+        // Created before looking, so a job added meanwhile still wakes this task.
+        let woken = shared.wake_task.notified();
+        let next = shared.state.lock().unwrap().next(tokio_now());
+        match next {
+            Next::Stop => return,
+            Next::Run(job) => job(),
+            Next::Wait(None) => woken.await,
+            Next::Wait(Some(due)) => {
+                let due = tokio::time::Instant::from_std(due);
+                tokio::select! {
+                    _ = woken => {}
+                    _ = tokio::time::sleep_until(due) => {}
+                }
+            }
+        }
     }
 }
 
@@ -123,7 +205,6 @@ fn run(shared: &Shared) {
 mod tests {
     use super::*;
     use std::sync::mpsc;
-    use std::time::Duration;
 
     #[test]
     fn jobs_run_in_due_order_and_not_early() {
@@ -132,11 +213,11 @@ mod tests {
             .unwrap();
         let timer = DeliveryTimer::start(rt.handle().clone()).unwrap();
         let (tx, rx) = mpsc::channel();
-        let t0 = Instant::now();
         for (i, ms) in [30u64, 10, 20, 10].into_iter().enumerate() {
             let tx = tx.clone();
-            let due = t0 + Duration::from_millis(ms);
-            timer.at(due, move || tx.send((i, due, Instant::now())).unwrap());
+            let delay = Duration::from_millis(ms);
+            let due = Instant::now() + delay;
+            timer.after(delay, move || tx.send((i, due, Instant::now())).unwrap());
         }
         let got: Vec<_> = (0..4)
             .map(|_| rx.recv_timeout(Duration::from_secs(5)).unwrap())
@@ -153,14 +234,42 @@ mod tests {
             .unwrap();
         let timer = DeliveryTimer::start(rt.handle().clone()).unwrap();
         let (tx, rx) = mpsc::channel::<()>();
-        timer.at(Instant::now() + Duration::from_millis(50), move || {
-            tx.send(()).unwrap()
-        });
+        timer.after(Duration::from_millis(50), move || tx.send(()).unwrap());
         drop(timer);
         // The job and its sender are dropped, never run.
         assert_eq!(
             rx.recv_timeout(Duration::from_secs(1)),
             Err(mpsc::RecvTimeoutError::Disconnected)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_tokio_time_jobs_run_in_due_order_at_their_virtual_due_time() {
+        let timer = DeliveryTimer::tokio();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let t0 = tokio::time::Instant::now();
+        // An hour: only a timer on the paused clock delivers that within the test.
+        for (i, ms) in [30u64, 10, 3_600_000, 20, 10].into_iter().enumerate() {
+            let tx = tx.clone();
+            timer.after(Duration::from_millis(ms), move || {
+                tx.send((i, tokio::time::Instant::now())).unwrap()
+            });
+        }
+        let mut got = vec![];
+        for _ in 0..5 {
+            let (i, at) = rx.recv().await.unwrap();
+            got.push((i, (at - t0).as_millis()));
+        }
+        assert_eq!(got, [(1, 10), (4, 10), (3, 20), (0, 30), (2, 3_600_000)]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn on_tokio_time_dropping_the_timer_drops_pending_jobs() {
+        let timer = DeliveryTimer::tokio();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+        timer.after(Duration::from_millis(50), move || tx.send(()).unwrap());
+        drop(timer);
+        // The job and its sender are dropped, never run.
+        assert_eq!(rx.recv().await, None);
     }
 }

@@ -1,15 +1,14 @@
 //! The test broker started by `scripts/rabbitmq.sh` (found through `BFO_TEST_AMQP_ENV`):
-//! its settings, `rabbitmqctl`, a fresh vhost per test, and the emulator in-process.
+//! its settings, `rabbitmqctl`, and a fresh vhost per test.
+//!
+//! Shared by the integration tests and the crate's unit tests (`src/testkit.rs` includes
+//! this file), so it names nothing of the crate: one way to find the broker, skip loudly
+//! without it, and fail in CI.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::Command;
-
-use bfo_alive_exporter::emulator::{self, EmulatorConfig};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
-use tokio_util::sync::CancellationToken;
 
 pub const ENV_VAR: &str = "BFO_TEST_AMQP_ENV";
 
@@ -98,93 +97,4 @@ impl Broker {
 
 pub fn vhost_of(url: &str) -> String {
     url.rsplit_once('/').unwrap().1.to_string()
-}
-
-/// Starts the emulator with this configuration text; it runs until the token is cancelled.
-pub async fn start_emulator(text: &str) -> CancellationToken {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("emulator.toml");
-    std::fs::write(&path, text).unwrap();
-    let cfg = EmulatorConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
-    let stop = CancellationToken::new();
-    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-    let s = stop.clone();
-    tokio::spawn(async move {
-        emulator::run(cfg, s, Some(tx)).await.unwrap();
-    });
-    tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
-        .await
-        .expect("the emulator declares its topology in time");
-    stop
-}
-
-/// Messages ready in a queue, and the bodies (taken with basic.get and requeued by closing).
-pub async fn queue_bodies(url: &str, queue: &str) -> Vec<Vec<u8>> {
-    use lapin::options::BasicGetOptions;
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..QueueDeclareOptions::default()
-            },
-            FieldTable::default(),
-        )
-        .await
-        .unwrap();
-    let mut bodies = vec![];
-    for _ in 0..q.message_count() {
-        if let Some(m) = ch
-            .basic_get(queue.into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-        {
-            bodies.push(m.delivery.data.clone());
-        }
-    }
-    // Closing without ack puts them back.
-    conn.close(200, "done".into()).await.unwrap();
-    bodies
-}
-
-/// Declares the afsend exchange with no queue bound to it: every publish is unroutable.
-pub async fn declare_unbound_exchange(url: &str) {
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.exchange_declare(
-        bfo_alive_exporter::protocol::AFSEND_EXCHANGE.into(),
-        lapin::ExchangeKind::Direct,
-        Default::default(),
-        Default::default(),
-    )
-    .await
-    .unwrap();
-    conn.close(200, "ok".into()).await.unwrap();
-}
-
-/// Publishes a body straight into a queue.
-pub async fn publish_to_queue(url: &str, queue: &str, body: &[u8]) {
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    ch.basic_publish(
-        "".into(),
-        queue.into(),
-        Default::default(),
-        body,
-        Default::default(),
-    )
-    .await
-    .unwrap()
-    .await
-    .unwrap();
-    conn.close(200, "done".into()).await.unwrap();
 }

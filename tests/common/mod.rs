@@ -2,7 +2,6 @@
 //! configuration file, scrape it over HTTP, and wait for conditions.
 #![allow(dead_code)]
 
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,15 +56,6 @@ pub fn base(s: &Server) -> String {
     format!("http://{}", s.addr)
 }
 
-/// A port that was free a moment ago (for listeners that must be known in advance).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// GET a path of the server: status and body.
 pub async fn get(s: &Server, path: &str) -> (u16, String) {
     let r = reqwest::get(format!("{}{path}", base(s))).await.unwrap();
@@ -92,24 +82,6 @@ pub fn value(text: &str, series: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Polls until `check` returns Some, or panics after `limit` with the last scrape.
-pub async fn wait_for<T, F, Fut>(limit: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let start = std::time::Instant::now();
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(why) if start.elapsed() > limit => {
-                panic!("condition not met within {limit:?}: {why}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-}
-
 /// Waits until a series reaches at least `min`.
 pub async fn wait_metric(s: &Server, series: &str, min: f64) -> String {
     let limit = Duration::from_secs(20);
@@ -123,9 +95,13 @@ pub async fn wait_metric(s: &Server, series: &str, min: f64) -> String {
     .await
 }
 
-/// Fails in CI (env CI set) and skips loudly elsewhere when a tool is missing.
 pub mod broker;
+pub mod emulator;
+mod wait;
 
+pub use wait::wait_for;
+
+/// Fails in CI (env CI set) and skips loudly elsewhere when a tool is missing.
 pub fn require_tool(name: &str) -> bool {
     let found = std::process::Command::new("sh")
         .args(["-c", &format!("command -v {name}")])

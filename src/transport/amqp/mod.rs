@@ -17,6 +17,9 @@ mod afsend;
 pub mod connect;
 mod link;
 
+#[cfg(test)]
+mod broker_tests;
+
 use std::sync::Arc;
 
 use crate::token::TokenManager;

@@ -1,0 +1,108 @@
+//! The emulator in-process on the test broker, and direct AMQP access to its queues.
+#![allow(dead_code)]
+
+use bfo_alive_exporter::emulator::{self, EmulatorConfig};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+/// Starts the emulator with this configuration text; it runs until the token is cancelled.
+pub async fn start_emulator(text: &str) -> CancellationToken {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("emulator.toml");
+    std::fs::write(&path, text).unwrap();
+    let cfg = EmulatorConfig::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    let stop = CancellationToken::new();
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let s = stop.clone();
+    tokio::spawn(async move {
+        emulator::run(cfg, s, Some(tx)).await.unwrap();
+    });
+    tokio::time::timeout(std::time::Duration::from_secs(30), rx.recv())
+        .await
+        .expect("the emulator declares its topology in time");
+    stop
+}
+
+/// A connection to the vhost of `url`, and a channel on it.
+async fn open(url: &str) -> (lapin::Connection, lapin::Channel) {
+    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
+        .await
+        .unwrap();
+    let ch = conn.create_channel().await.unwrap();
+    (conn, ch)
+}
+
+/// Declares dueslag queues as the emulator does, so that an exporter started before the
+/// emulator (which needs the exporter's bound push address) consumes from its first try.
+pub async fn declare_queues(url: &str, queues: &[&str]) {
+    let (conn, ch) = open(url).await;
+    for q in queues {
+        emulator::declare_dueslag_queue(&ch, q).await.unwrap();
+    }
+    conn.close(200, "done".into()).await.unwrap();
+}
+
+/// Messages ready in a queue, and the bodies (taken with basic.get and requeued by closing).
+pub async fn queue_bodies(url: &str, queue: &str) -> Vec<Vec<u8>> {
+    use lapin::options::BasicGetOptions;
+    let (conn, ch) = open(url).await;
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut bodies = vec![];
+    for _ in 0..q.message_count() {
+        if let Some(m) = ch
+            .basic_get(queue.into(), BasicGetOptions::default())
+            .await
+            .unwrap()
+        {
+            bodies.push(m.delivery.data.clone());
+        }
+    }
+    // Closing without ack puts them back.
+    conn.close(200, "done".into()).await.unwrap();
+    bodies
+}
+
+/// The afsend exchange as the emulator declares it, with nothing bound to it: every publish
+/// is unroutable. (The exporter never declares it.)
+pub async fn declare_unbound_exchange(url: &str) {
+    let emu = start_emulator(&format!(
+        "[emulator]\nurl = \"{url}\"\nanvendersystem = \"{}\"\ncvr = \"29189846\"\nrequire_token = false\n",
+        uuid::Uuid::nil()
+    ))
+    .await;
+    emu.cancel();
+    let (conn, ch) = open(url).await;
+    ch.queue_delete(emulator::AFSEND_QUEUE.into(), Default::default())
+        .await
+        .unwrap();
+    conn.close(200, "ok".into()).await.unwrap();
+}
+
+/// Publishes a body straight into a queue.
+pub async fn publish_to_queue(url: &str, queue: &str, body: &[u8]) {
+    let (conn, ch) = open(url).await;
+    ch.confirm_select(Default::default()).await.unwrap();
+    ch.basic_publish(
+        "".into(),
+        queue.into(),
+        Default::default(),
+        body,
+        Default::default(),
+    )
+    .await
+    .unwrap()
+    .await
+    .unwrap();
+    conn.close(200, "done".into()).await.unwrap();
+}
