@@ -28,33 +28,33 @@
 //!
 //! The public API is what the binary, the benchmark and the integration tests use:
 //! [`cli`], [`config`], [`emulator`], [`message`], [`outcome`], [`server`].
-pub mod allocator;
-pub mod backend;
-pub mod backoff;
+pub(crate) mod allocator;
+pub(crate) mod backend;
+pub(crate) mod backoff;
 pub mod cli;
 pub mod config;
-pub mod diagnose;
+pub(crate) mod diagnose;
 pub mod emulator;
-pub mod exposition;
-pub mod http;
-pub mod matcher;
+pub(crate) mod exposition;
+pub(crate) mod http;
+pub(crate) mod matcher;
 pub mod message;
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod outcome;
-pub mod probe;
-pub mod process;
-pub mod protocol;
-pub mod receive;
-pub mod secret;
-pub mod send;
+pub(crate) mod probe;
+pub(crate) mod process;
+pub(crate) mod protocol;
+pub(crate) mod receive;
+pub(crate) mod secret;
+pub(crate) mod send;
 pub mod server;
-pub mod shard;
-pub mod sim;
-pub mod status;
-pub mod supervisor;
+pub(crate) mod shard;
+pub(crate) mod sim;
+pub(crate) mod status;
+pub(crate) mod supervisor;
 #[cfg(test)]
 mod testkit;
-pub mod tls;
-pub mod tls_listener;
-pub mod token;
-pub mod transport;
+pub(crate) mod tls;
+pub(crate) mod tls_listener;
+pub(crate) mod token;
+pub(crate) mod transport;

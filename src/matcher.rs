@@ -78,10 +78,6 @@ impl Matcher {
         }
     }
 
-    pub fn identity(&self) -> &Identity {
-        &self.id
-    }
-
     pub fn inflight(&self) -> usize {
         self.inflight.len()
     }

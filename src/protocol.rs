@@ -56,8 +56,6 @@ pub mod status {
     pub const TOKEN_EXPIRED: i32 = 41;
     /// Not found (unknown dueslag on the push endpoint).
     pub const NOT_FOUND: i32 = 44;
-    /// Internal error.
-    pub const INTERNAL_ERROR: i32 = 50;
 }
 
 /// The BFO 5.x entity id of a service (`afsend`, `afhent`) on a Beskedfordeler host, as

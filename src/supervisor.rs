@@ -100,10 +100,6 @@ impl Supervisor {
         }
     }
 
-    pub fn config(&self) -> Option<&Config> {
-        self.config.as_ref()
-    }
-
     /// The dueslag of `config` that this shard runs.
     fn specs(&self, config: &Config) -> Vec<DueslagSpec> {
         config

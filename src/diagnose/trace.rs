@@ -56,6 +56,7 @@ impl Trace {
         });
     }
 
+    #[cfg(test)]
     /// True when no step failed.
     pub fn all_ok(&self) -> bool {
         self.steps.iter().all(|s| s.ok)

@@ -26,6 +26,7 @@ pub struct SimQueue {
 }
 
 impl SimQueue {
+    #[cfg(test)]
     pub fn new() -> Arc<Self> {
         Arc::new(SimQueue::default())
     }
@@ -36,16 +37,19 @@ impl SimQueue {
         self.notify.notify_waiters();
     }
 
+    #[cfg(test)]
     /// Messages waiting to be delivered.
     pub fn ready(&self) -> Vec<Bytes> {
         self.state.lock().unwrap().ready.iter().cloned().collect()
     }
 
+    #[cfg(test)]
     /// Messages delivered and not yet settled.
     pub fn unacked(&self) -> usize {
         self.state.lock().unwrap().unacked.len()
     }
 
+    #[cfg(test)]
     /// Messages dead-lettered by `nack(requeue=false)`.
     pub fn error_queue(&self) -> Vec<Bytes> {
         self.state.lock().unwrap().error_queue.clone()

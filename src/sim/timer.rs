@@ -88,6 +88,7 @@ impl Shared {
 enum Clock {
     /// The real clock, on a dedicated thread.
     Thread,
+    #[cfg(test)]
     /// tokio's clock (paused in tests), in a task.
     Tokio,
 }
@@ -115,6 +116,7 @@ impl DeliveryTimer {
         })
     }
 
+    #[cfg(test)]
     /// A timer on tokio's clock, for tests on paused time; whole milliseconds, like every
     /// tokio timer. Must be called inside a tokio runtime.
     pub fn tokio() -> Self {
@@ -131,6 +133,7 @@ impl DeliveryTimer {
     pub fn after(&self, delay: Duration, job: impl FnOnce() + Send + 'static) {
         let due = match self.clock {
             Clock::Thread => Instant::now(),
+            #[cfg(test)]
             Clock::Tokio => tokio_now(),
         } + delay;
         let mut st = self.shared.state.lock().unwrap();
@@ -177,10 +180,12 @@ fn run(shared: &Shared) {
 }
 
 /// tokio's now, as the `std` instant its (possibly paused) clock stands at.
+#[cfg(test)]
 fn tokio_now() -> Instant {
     tokio::time::Instant::now().into_std()
 }
 
+#[cfg(test)]
 async fn run_on_tokio(shared: Arc<Shared>) {
     loop {
         // Created before looking, so a job added meanwhile still wakes this task.

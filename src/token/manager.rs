@@ -39,8 +39,6 @@ pub enum TokenSource {
     /// replace it atomically (write a temporary file, rename it): a half-written file is
     /// reported as a failure until the next read.
     File(PathBuf),
-    /// No token (PLAIN auth).
-    None,
 }
 
 impl TokenSource {
@@ -48,7 +46,6 @@ impl TokenSource {
         match self {
             TokenSource::Sts(_) => "sts",
             TokenSource::File(_) => "file",
-            TokenSource::None => "none",
         }
     }
 }
@@ -58,7 +55,6 @@ impl fmt::Debug for TokenSource {
         match self {
             TokenSource::Sts(c) => f.debug_tuple("Sts").field(c).finish(),
             TokenSource::File(p) => f.debug_tuple("File").field(p).finish(),
-            TokenSource::None => f.write_str("None"),
         }
     }
 }
@@ -94,8 +90,6 @@ impl fmt::Debug for TokenCallbacks {
 /// Why [`TokenManager::renew_and_wait`] has no new token.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenewError {
-    #[error("token source is \"none\"")]
-    NoSource,
     #[error("no {0} token is kept: the configuration does not use that service")]
     NotUsed(Service),
     #[error("no token renewal within {0:?}")]
@@ -214,7 +208,6 @@ impl TokenManager {
             (inner.callbacks.on_expiry)(s, None);
         }
         match source {
-            TokenSource::None => {}
             TokenSource::Sts(issuer) => {
                 for &s in &inner.services {
                     inner
@@ -240,6 +233,7 @@ impl TokenManager {
         self.inner.slots[service.index()].get()
     }
 
+    #[cfg(test)]
     /// The current token's expiry.
     pub fn expires_at(&self, service: Service) -> Option<SystemTime> {
         self.token(service).and_then(|t| t.expires_at)
@@ -268,9 +262,6 @@ impl TokenManager {
         service: Service,
         timeout: Duration,
     ) -> Result<Arc<Token>, RenewError> {
-        if self.inner.kind == "none" {
-            return Err(RenewError::NoSource);
-        }
         if !self.inner.services.contains(&service) {
             return Err(RenewError::NotUsed(service));
         }
@@ -318,6 +309,7 @@ impl TokenManager {
         tokio::time::timeout(timeout, wait).await.ok().flatten()
     }
 
+    #[cfg(test)]
     /// Waits until the manager's tasks have ended (after cancellation).
     pub async fn stopped(&self) {
         self.inner.tasks.wait().await;
@@ -704,26 +696,5 @@ mod tests {
         assert!(f.mgr.token(Service::Afhent).is_none());
         h.stop().await;
         f.stop().await;
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn none_source_has_no_token_and_says_why() {
-        let h = Harness::start(TokenSource::None, timing());
-        assert!(h.mgr.token(Service::Afsend).is_none());
-        assert_eq!(
-            h.mgr
-                .renew_and_wait(Service::Afsend, 10 * MS)
-                .await
-                .unwrap_err(),
-            RenewError::NoSource
-        );
-        assert!(
-            h.mgr
-                .wait_for_token(Service::Afhent, 20 * MS)
-                .await
-                .is_none()
-        );
-        assert_eq!(h.elapsed(), 20 * MS);
-        h.stop().await;
     }
 }

@@ -23,11 +23,7 @@ mod sts;
 #[cfg(test)]
 pub(crate) mod testutil;
 
-pub use file::read_token_file;
-pub use manager::{
-    ExpiryCallback, FailureCallback, RenewError, TokenCallbacks, TokenIssuer, TokenManager,
-    TokenSource,
-};
-pub use model::{Token, TokenError, TokenSlot};
+pub use manager::{TokenCallbacks, TokenManager, TokenSource};
+pub use model::{Token, TokenSlot};
 pub use schedule::TokenManagerConfig;
 pub use sts::{StsClient, StsConfig, sts_issue_url};

@@ -11,10 +11,9 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{
-    RenewError, Token, TokenCallbacks, TokenError, TokenIssuer, TokenManager, TokenManagerConfig,
-    TokenSource,
-};
+use super::manager::{RenewError, TokenIssuer};
+use super::model::TokenError;
+use super::{Token, TokenCallbacks, TokenManager, TokenManagerConfig, TokenSource};
 use crate::protocol::Service;
 use crate::secret::Secret;
 
