@@ -1,7 +1,7 @@
 //! The command line: Prometheus-style flags (`--config.file`, `--config.check`,
-//! `--web.listen-address`, `--log.*`, `--shard`) and the subcommands `demo` (the exporter
-//! on its embedded simulator), `probe` (one dueslag tested by hand) and `emulate` (the
-//! Beskedfordeler emulator on a RabbitMQ broker).
+//! `--config.watch-interval`, `--web.listen-address`, `--log.*`, `--shard`) and the
+//! subcommands `demo` (the exporter on its embedded simulator), `probe` (one dueslag tested
+//! by hand) and `emulate` (the Beskedfordeler emulator on a RabbitMQ broker).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -9,7 +9,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::server::{self, ConfigSource, Options};
-use crate::shard::Shard;
+use crate::shard::ShardArg;
 
 /// The demo configuration, built into the binary.
 pub const DEMO_CONFIG: &str = include_str!("../examples/demo.toml");
@@ -27,6 +27,11 @@ pub struct Cli {
     /// Validate the configuration and exit (0 = valid, 2 = invalid).
     #[arg(long = "config.check")]
     pub config_check: bool,
+    /// Reload when the configuration file's content changes, checked this often (e.g. 10s;
+    /// 0s = only on SIGHUP or POST /-/reload). For a file that another process replaces,
+    /// such as a Kubernetes ConfigMap mounted as a directory.
+    #[arg(long = "config.watch-interval", value_name = "DURATION", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub config_watch_interval: std::time::Duration,
     /// Address for /metrics, the status page and (by default) the push endpoint.
     #[arg(long = "web.listen-address", default_value = ":9632", global = true)]
     pub listen: String,
@@ -40,9 +45,10 @@ pub struct Cli {
         global = true
     )]
     pub log_format: LogFormat,
-    /// Run only shard i of n (1-based) of the configured dueslag, by a stable hash of the name.
-    #[arg(long = "shard", value_name = "i/n", global = true)]
-    pub shard: Option<Shard>,
+    /// Run only shard i of n (1-based) of the configured dueslag, by a stable hash of the
+    /// name. auto/n: i is the pod's StatefulSet ordinal + 1, from $POD_NAME or the host name.
+    #[arg(long = "shard", value_name = "i/n|auto/n", global = true)]
+    pub shard: Option<ShardArg>,
     #[command(subcommand)]
     pub command: Option<Command>,
 }
@@ -200,11 +206,23 @@ async fn run(cli: Cli) -> ExitCode {
         };
     }
     let demo = matches!(cli.command, Some(Command::Demo));
+    let shard = match cli.shard.map(|s| s.resolve(pod_name().as_deref())) {
+        None => None,
+        Some(Ok(s)) => Some(s),
+        Some(Err(e)) => {
+            eprintln!("--shard: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if let Some(s) = shard {
+        tracing::info!(shard = %s, "running one shard of the configured dueslag");
+    }
     let opts = Options {
         source,
         listen: cli.listen.clone(),
-        shard: cli.shard,
+        shard,
         probe_loops: true,
+        watch_interval: Some(cli.config_watch_interval).filter(|d| !d.is_zero()),
     };
     // Before the server answers anything: a SIGTERM right after the first scrape stops it
     // gracefully instead of killing it.
@@ -260,6 +278,15 @@ async fn emulate(path: &std::path::Path) -> ExitCode {
     }
 }
 
+/// This pod's name for `--shard=auto/n`: `$POD_NAME` (the manifests set it from the downward
+/// API), else the host name, which a StatefulSet sets to the pod name.
+fn pod_name() -> Option<String> {
+    std::env::var("POD_NAME")
+        .ok()
+        .filter(|p| !p.is_empty())
+        .or_else(|| hostname::get().ok().and_then(|h| h.into_string().ok()))
+}
+
 fn display_addr(a: std::net::SocketAddr) -> String {
     if a.ip().is_unspecified() {
         format!("localhost:{}", a.port())
@@ -286,5 +313,30 @@ fn terminated() -> impl Future<Output = ()> + Send + 'static {
     #[cfg(not(unix))]
     async {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shard_auto_and_the_config_watch_parse() {
+        let cli = Cli::try_parse_from([
+            "bfo-alive-exporter",
+            "--config.file=c.toml",
+            "--shard=auto/3",
+            "--config.watch-interval=10s",
+        ])
+        .unwrap();
+        assert_eq!(cli.shard, Some(ShardArg::Auto { count: 3 }));
+        assert_eq!(
+            cli.config_watch_interval,
+            std::time::Duration::from_secs(10)
+        );
+        let plain = Cli::try_parse_from(["bfo-alive-exporter", "--shard=2/3"]).unwrap();
+        assert!(matches!(plain.shard, Some(ShardArg::Fixed(_))));
+        assert!(plain.config_watch_interval.is_zero());
+        assert!(Cli::try_parse_from(["bfo-alive-exporter", "--shard=auto"]).is_err());
     }
 }

@@ -18,7 +18,7 @@ use crate::diagnose;
 use crate::exposition;
 use crate::metrics::{Format, Metrics, VERSION};
 use crate::receive;
-use crate::status::{render_history, render_index};
+use crate::status::{IndexQuery, render_history, render_index};
 use crate::supervisor::Registry;
 
 /// A reload request; the answer says whether the new configuration was applied.
@@ -69,18 +69,19 @@ async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
         .into_response()
 }
 
-async fn index(State(s): State<AppState>) -> Html<String> {
-    let snaps: Vec<_> = s
-        .registry
-        .all()
-        .iter()
-        .map(|r| r.status.snapshot())
-        .collect();
+/// `GET /[?q=NAME-PART][&page=N]`: worst first, one page of [`crate::status::PAGE_SIZE`].
+async fn index(State(s): State<AppState>, Query(q): Query<IndexQuery>) -> Html<String> {
+    let running = s.registry.all();
     let backend = s
         .registry
         .backend()
         .map_or("none", crate::backend::backend_name);
-    Html(render_index(&snaps, VERSION, backend))
+    Html(render_index(
+        running.iter().map(|r| &*r.status),
+        &q,
+        VERSION,
+        backend,
+    ))
 }
 
 async fn history(State(s): State<AppState>, Path(name): Path<String>) -> Response {

@@ -1,13 +1,16 @@
 //! Runs the exporter: load the configuration, bind the listeners, start the supervisor,
-//! serve HTTP, reload on SIGHUP or `POST /-/reload`, and stop gracefully.
+//! serve HTTP, reload on SIGHUP, `POST /-/reload` or (with a watch interval) when the
+//! configuration file changes, and stop gracefully.
 //!
 //! [`start`] returns once everything listens, with the bound addresses and a handle to
 //! stop it, so tests run the real server on `127.0.0.1:0`.
 
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -53,6 +56,9 @@ pub struct Options {
     pub shard: Option<Shard>,
     /// False for the one-shot `probe` command: dueslag receive, but send nothing by themselves.
     pub probe_loops: bool,
+    /// `--config.watch-interval`: how often to look whether the configuration file's
+    /// content changed, and reload if it did (as on SIGHUP). `None`: never.
+    pub watch_interval: Option<Duration>,
 }
 
 /// A running exporter.
@@ -119,6 +125,11 @@ fn reachable(addr: SocketAddr, tls: bool) -> String {
 /// Loads the configuration, binds, starts every dueslag and serves.
 pub async fn start(opts: Options) -> anyhow::Result<Server> {
     crate::tls::install_crypto_provider();
+    // What the watched file holds before it is read: a change while it loads is reloaded.
+    let watched = match (&opts.source, opts.watch_interval) {
+        (ConfigSource::File(path), Some(every)) => Some((path.clone(), every, digest(path).await)),
+        _ => None,
+    };
     let config = opts.source.load()?;
     let backend = crate::backend::backend_name(config.backend());
     match config.backend() {
@@ -181,7 +192,11 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
     };
     let shutdown = CancellationToken::new();
     let http_stop = CancellationToken::new();
-    let hup = hangups();
+    let (trigger, hup) = mpsc::channel(1);
+    hangups(trigger.clone());
+    if let Some((path, every, seen)) = watched {
+        watch(path, every, seen, trigger, shutdown.clone());
+    }
     let mut servers = vec![serve(
         main,
         http::router(state.clone(), push_listener.is_none()),
@@ -247,6 +262,7 @@ struct Control {
     probe_endpoint: Arc<AtomicBool>,
     http_stop: CancellationToken,
     servers: Vec<JoinHandle<()>>,
+    /// Reloads without an answer: SIGHUP and a changed file.
     hup: mpsc::Receiver<()>,
 }
 
@@ -301,11 +317,10 @@ impl Control {
     }
 }
 
-/// SIGHUP as a stream of reload requests (never fires where there are no signals). The
-/// handler is installed before this returns, so call it before serving: a SIGHUP that comes
-/// after the first scrape must reload, not kill the process (the default action).
-fn hangups() -> mpsc::Receiver<()> {
-    let (tx, rx) = mpsc::channel(1);
+/// SIGHUP as reload triggers on `tx` (never fires where there are no signals). The handler
+/// is installed before this returns, so call it before serving: a SIGHUP that comes after
+/// the first scrape must reload, not kill the process (the default action).
+fn hangups(tx: mpsc::Sender<()>) {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
@@ -326,7 +341,48 @@ fn hangups() -> mpsc::Receiver<()> {
     }
     #[cfg(not(unix))]
     drop(tx);
-    rx
+}
+
+/// What the file holds now, as a hash; `None` when it cannot be read.
+async fn digest(path: &Path) -> Option<u64> {
+    let bytes = tokio::fs::read(path).await.ok()?;
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    Some(h.finish())
+}
+
+/// Every `every`, reads the configuration file and sends a reload trigger when its content
+/// differs from the last look (`seen`, first taken before the file was loaded): the same
+/// path as SIGHUP. Content, not the modification time, so that a ConfigMap update (kubelet
+/// swaps a symlink to a new directory) counts and a touch without change does not. A change is reloaded once, even if the new file
+/// is invalid (that reload fails, keeps the old configuration and says so in
+/// `bfo_alive_config_last_reload_successful`); the next change is tried again.
+fn watch(
+    path: PathBuf,
+    every: Duration,
+    mut seen: Option<u64>,
+    tx: mpsc::Sender<()>,
+    stop: CancellationToken,
+) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let now = digest(&path).await;
+            if now != seen {
+                seen = now;
+                tracing::info!(file = %path.display(), "configuration file changed; reloading");
+                if tx.send(()).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
 }
 
 #[cfg(test)]

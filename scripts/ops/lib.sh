@@ -64,6 +64,24 @@ ops_start() {
   ops_log "started $name (pid $!): $*"
 }
 
+# ops_apt_install PKG...: install Debian packages (no recommends), after waiting for another
+# apt/dpkg (e.g. a background install) to let go of its lock.
+ops_apt_install() {
+  local i=0
+  while fuser /var/lib/dpkg/lock-frontend /var/lib/apt/lists/lock >/dev/null 2>&1; do
+    [ $((i++)) -eq 0 ] && ops_log "waiting for another apt/dpkg to finish"
+    [ "$i" -gt 300 ] && break
+    sleep 1
+  done
+  ops_log "installing $*"
+  if ! { apt-get -o DPkg::Lock::Timeout=300 update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300 install -y -qq \
+      --no-install-recommends "$@" >/dev/null; }; then
+    ops_log "apt-get install $* failed"
+    return 1
+  fi
+}
+
 # ops_free_port: print a TCP port that is free on 127.0.0.1 right now.
 ops_free_port() {
   python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1]); s.close()'
@@ -113,6 +131,45 @@ ops_start_exporter() {
   EXPORTER_ADDR="127.0.0.1:$port"
   ops_start exporter "$logfile" "$bin" "$@" --web.listen-address "$EXPORTER_ADDR"
   ops_wait_http exporter "http://$EXPORTER_ADDR/-/healthy" 30 "${OPS_PIDS[-1]}" "$logfile"
+}
+
+# ops_sim_config FILE FAILING: write a simulator configuration with two healthy dueslag,
+# aa-healthy-pull and mm-healthy-push, and FAILING, a pull dueslag that loses every
+# message. Probes every 200 ms with a 600 ms timeout: FAILING fails within a second.
+ops_sim_config() {
+  cat >"$1" <<EOF
+[exporter]
+instance = "ops-$OPS_SCRIPT"
+
+[identity]
+anvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"
+cvr = "29189846"
+
+[broker]
+backend = "sim"
+
+[defaults]
+interval = "200ms"
+timeout = "600ms"
+send_timeout = "300ms"
+
+[[dueslag]]
+name = "aa-healthy-pull"
+mode = "pull"
+queue = "q-aa"
+
+[[dueslag]]
+name = "mm-healthy-push"
+mode = "push"
+
+[[dueslag]]
+name = "$2"
+mode = "pull"
+queue = "q-$2"
+
+[sim.faults.$2]
+loss = 1.0
+EOF
 }
 
 # ops_start_prometheus DIR CONFIG: start Prometheus on a free port with storage in DIR;

@@ -130,6 +130,7 @@ pub async fn run(args: ProbeArgs) -> Report {
         listen: args.listen.clone(),
         shard: None,
         probe_loops: false,
+        watch_interval: None,
     })
     .await
     {

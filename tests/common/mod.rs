@@ -46,6 +46,7 @@ pub async fn start(text: &str) -> (Server, ConfigFile) {
         listen: "127.0.0.1:0".into(),
         shard: None,
         probe_loops: true,
+        watch_interval: None,
     })
     .await
     .expect("server starts");
