@@ -275,6 +275,7 @@ mod tests {
             let stop = CancellationToken::new();
             let mgr = start_tokens(&config(&dueslag), tokens, &metrics, &stop);
             assert!(mgr.wait_for_token(Service::Afsend, S).await.is_some());
+            // Virtual time (paused): a minute in which no other token may be asked for.
             tokio::time::sleep(60 * S).await;
             assert_eq!(source.count(Service::Afsend), 1, "{dueslag}");
             assert_eq!(source.count(Service::Afhent), afhent_calls, "{dueslag}");

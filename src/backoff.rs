@@ -125,6 +125,7 @@ mod tests {
         let canceller = {
             let stop = stop.clone();
             tokio::spawn(async move {
+                // Virtual time (paused): no real wait.
                 tokio::time::sleep(ms(200)).await;
                 stop.cancel();
             })
