@@ -53,6 +53,8 @@ pub trait Sink: Send + Sync + 'static {
 #[derive(Debug, Clone, PartialEq)]
 pub enum AfsendAnswer {
     Reply(StandardRetur),
+    /// The reply, to be given this much later (fault `reply_delay`).
+    Delayed(StandardRetur, Duration),
     Outage,
     Unroutable,
     NoReply,
@@ -211,7 +213,7 @@ impl Simulator {
             // No abonnement matches: accepted, delivered nowhere.
             return AfsendAnswer::Reply(StandardRetur::ok());
         };
-        let (target, fate) = {
+        let (target, fate, reply_delay) = {
             let mut slots = self.slots.lock().unwrap();
             let Some(slot) = slots.get_mut(&name) else {
                 return AfsendAnswer::Reply(StandardRetur::ok());
@@ -226,9 +228,9 @@ impl Simulator {
                     &mut *self.rng.lock().unwrap(),
                 )
             };
-            (slot.target.clone(), fate)
+            (slot.target.clone(), fate, slot.faults.reply_delay)
         };
-        match fate {
+        let answer = match fate {
             Fate::Outage => AfsendAnswer::Outage,
             Fate::Unroutable => AfsendAnswer::Unroutable,
             Fate::NoReply => AfsendAnswer::NoReply,
@@ -259,6 +261,12 @@ impl Simulator {
                 }
                 AfsendAnswer::Reply(StandardRetur::ok())
             }
+        };
+        match answer {
+            AfsendAnswer::Reply(r) if !reply_delay.is_zero() => {
+                AfsendAnswer::Delayed(r, reply_delay)
+            }
+            answer => answer,
         }
     }
 

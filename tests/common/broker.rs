@@ -4,9 +4,8 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::process::Command;
 
-use bfo_alive_exporter::emulator::{self, EmulatorConfig};
+use bfo_alive_exporter::emulator::{self, EmulatorConfig, Rabbitmqctl};
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
@@ -52,12 +51,46 @@ impl Broker {
         PathBuf::from(self.var(key))
     }
 
+    /// rabbitmqctl for the test node, as the emulator's `[emulator.rabbitmqctl]` takes it.
+    pub fn rabbitmqctl(&self) -> Rabbitmqctl {
+        Rabbitmqctl {
+            path: Some(PathBuf::from(self.var("RABBITMQ_SBIN")).join("rabbitmqctl")),
+            node: Some(self.var("RABBITMQ_NODENAME").to_string()),
+            env: [
+                (
+                    "HOME".to_string(),
+                    self.var("RABBITMQ_HOME_DIR").to_string(),
+                ),
+                (
+                    "ERL_EPMD_PORT".to_string(),
+                    self.var("ERL_EPMD_PORT").to_string(),
+                ),
+            ]
+            .into(),
+        }
+    }
+
+    /// [`Broker::rabbitmqctl`] as the `[emulator.rabbitmqctl]` table of an emulator file.
+    pub fn rabbitmqctl_toml(&self) -> String {
+        let ctl = self.rabbitmqctl();
+        let env: Vec<String> = ctl
+            .env
+            .iter()
+            .map(|(k, v)| format!("{k} = {v:?}"))
+            .collect();
+        format!(
+            "[emulator.rabbitmqctl]\npath = {:?}\nnode = {:?}\nenv = {{ {} }}\n",
+            ctl.path.unwrap(),
+            ctl.node.unwrap(),
+            env.join(", ")
+        )
+    }
+
     /// Runs rabbitmqctl against the test node; panics on failure.
     pub fn ctl(&self, args: &[&str]) -> String {
-        let out = Command::new(format!("{}/rabbitmqctl", self.var("RABBITMQ_SBIN")))
-            .env("HOME", self.var("RABBITMQ_HOME_DIR"))
-            .env("ERL_EPMD_PORT", self.var("ERL_EPMD_PORT"))
-            .args(["-q", "-n", self.var("RABBITMQ_NODENAME")])
+        let out = self
+            .rabbitmqctl()
+            .command()
             .args(args)
             .output()
             .expect("rabbitmqctl runs");
@@ -94,6 +127,20 @@ impl Broker {
             .unwrap();
         format!("{base}/{vhost}")
     }
+}
+
+/// The `[emulator]` table on `url` that accepts the identity of [`super::IDENTITY`] and
+/// needs no token; more `[emulator]` keys may follow it.
+pub fn emulator_table(url: &str) -> String {
+    format!(
+        "[emulator]\nurl = \"{url}\"\nanvendersystem = \"cf12c051-39ce-4066-ba11-704b46fa23c4\"\n\
+         cvr = \"29189846\"\nrequire_token = false\n"
+    )
+}
+
+/// An exporter's `[broker]` table on `url` with PLAIN; more `[broker]` keys may follow it.
+pub fn amqp_broker_table(url: &str) -> String {
+    format!("[broker]\nbackend = \"amqp\"\nurl = \"{url}\"\nauth = \"plain\"\n")
 }
 
 pub fn vhost_of(url: &str) -> String {
