@@ -177,6 +177,13 @@ fn build_amqp(
     } else {
         None
     };
+    if broker.exceeds_broker_limit() {
+        tracing::warn!(
+            max_connection_age = %humantime::format_duration(broker.max_connection_age),
+            "broker.max_connection_age is not under the hour the Beskedfordeler grants a connection: \
+             it will end connections first, and probes then reconnect and retry"
+        );
+    }
     let events = link_events(metrics, &url, &stop);
     let settings = Settings {
         url,
@@ -184,6 +191,7 @@ fn build_amqp(
         tokens: tokens(config, metrics, &stop)?,
         external: broker.auth == AuthKind::External,
         prefetch: broker.prefetch,
+        max_connection_age: broker.connection_age_limit(),
         events,
     };
     // Each used link is down until its first connect, whatever the previous backend showed;
@@ -230,9 +238,9 @@ impl Afhenter for NoAfhent {
     }
 }
 
-/// Link events become `bfo_alive_connection_up` and one log line each. Events of a
-/// backend that was replaced (its `stop` cancelled) are dropped: its links' last "down"
-/// must not overwrite what the new backend's links report.
+/// Link events become `bfo_alive_connection_up`, `bfo_alive_connection_rotations_total` and
+/// one log line each. Events of a backend that was replaced (its `stop` cancelled) are
+/// dropped: its links' last "down" must not overwrite what the new backend's links report.
 fn link_events(metrics: &Metrics, url: &str, stop: &CancellationToken) -> LinkEvents {
     let metrics = metrics.clone();
     let stop = stop.clone();
@@ -251,8 +259,19 @@ fn link_events(metrics: &Metrics, url: &str, stop: &CancellationToken) -> LinkEv
             }
             // Asked for (token renewal, shutdown): nothing went wrong.
             LinkEvent::Down(DownReason::Reset) => {}
+            LinkEvent::Rotated { age } => {
+                tracing::info!(connection, age = ?age, "connection replaced before max_connection_age");
+                metrics.connection_rotated(service);
+            }
+            LinkEvent::RotationFailed { error, retry_in } => tracing::warn!(
+                connection,
+                error = %error,
+                retry_in = ?retry_in,
+                "cannot open the replacement connection; the current one keeps serving"
+            ),
         }
-        metrics.set_connection_up(service, *event == LinkEvent::Up);
+        let up = !matches!(event, LinkEvent::Down(_));
+        metrics.set_connection_up(service, up);
     })
 }
 

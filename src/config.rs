@@ -171,6 +171,14 @@ pub struct BrokerConfig {
     /// Messages a pull consumer may hold unacknowledged (prefetch).
     #[serde(default = "default_prefetch")]
     pub prefetch: u16,
+    /// Replace each connection by a new one before it is this old (make before break), as
+    /// the Beskedfordeler ends connections after an hour; `0s` never replaces one.
+    #[serde(with = "humantime_serde", default = "default_max_connection_age")]
+    pub max_connection_age: Duration,
+}
+
+fn default_max_connection_age() -> Duration {
+    Duration::from_secs(protocol::DEFAULT_MAX_CONNECTION_AGE_SECS)
 }
 
 fn default_auth() -> AuthKind {
@@ -398,6 +406,10 @@ pub struct Faults {
     /// Share of Afsend calls returned as unroutable.
     #[serde(default)]
     pub unroutable: f64,
+    /// Every StandardRetur comes this late (a slow Afsend); the sender times out when it
+    /// exceeds `send_timeout`.
+    #[serde(with = "humantime_serde", default)]
+    pub reply_delay: Duration,
     #[serde(with = "humantime_serde", default)]
     pub business_every: Duration,
     /// Inject an Alive message of another exporter instance this often; 0s = never.
@@ -424,6 +436,7 @@ impl Default for Faults {
             reject_first: 0,
             no_reply: 0.0,
             unroutable: 0.0,
+            reply_delay: Duration::ZERO,
             business_every: Duration::ZERO,
             foreign_every: Duration::ZERO,
             outages: Vec::new(),
@@ -454,6 +467,19 @@ pub struct DueslagSpec {
 }
 
 impl BrokerConfig {
+    /// `max_connection_age` as the transport takes it: `None` for `0s` (never replace).
+    pub fn connection_age_limit(&self) -> Option<Duration> {
+        Some(self.max_connection_age).filter(|d| !d.is_zero())
+    }
+
+    /// True when `max_connection_age` is not under the hour the Beskedfordeler grants a
+    /// connection, so that the broker ends connections first (probes then see a reconnect
+    /// and a retry instead of a replacement): worth a warning, not an error.
+    pub fn exceeds_broker_limit(&self) -> bool {
+        self.connection_age_limit()
+            .is_some_and(|d| d >= Duration::from_secs(protocol::CONNECTION_LIFETIME_SECS))
+    }
+
     /// The client TLS files of `[broker.tls]` (none: the system roots, no certificate).
     pub fn tls_files(&self) -> crate::tls::ClientTlsFiles {
         self.tls.as_ref().map(BrokerTls::files).unwrap_or_default()
@@ -663,6 +689,13 @@ impl Config {
             }
             if broker.prefetch == 0 {
                 return Err("broker.prefetch: must be at least 1".into());
+            }
+            let age = broker.max_connection_age;
+            if !age.is_zero() && age < Duration::from_secs(1) {
+                return Err(format!(
+                    "broker.max_connection_age: {} is below 1s; use 0s to never replace connections",
+                    humantime::format_duration(age)
+                ));
             }
             if let Some(tls) = &broker.tls {
                 if tls.cert_file.is_some() != tls.key_file.is_some() {
@@ -1269,6 +1302,40 @@ key_file = "client.key"
         )
         .unwrap();
         assert_eq!(push.backend_part(), more.backend_part());
+    }
+
+    #[test]
+    fn max_connection_age_defaults_to_55m_and_0s_turns_it_off() {
+        let c = Config::parse(MINIMAL, "m.toml").unwrap();
+        let b = c.broker.as_ref().unwrap();
+        assert_eq!(b.max_connection_age, Duration::from_secs(55 * 60));
+        assert_eq!(b.connection_age_limit(), Some(Duration::from_secs(3300)));
+        assert!(!b.exceeds_broker_limit());
+
+        let with = |age: &str| {
+            let text = MINIMAL.replace(
+                "backend = \"sim\"\n",
+                &format!("backend = \"sim\"\nmax_connection_age = \"{age}\"\n"),
+            );
+            Config::parse(&text, "m.toml")
+        };
+        let off = with("0s").unwrap();
+        let b = off.broker.as_ref().unwrap();
+        assert_eq!(b.connection_age_limit(), None);
+        assert!(!b.exceeds_broker_limit());
+        let long = with("1h").unwrap();
+        assert!(long.broker.as_ref().unwrap().exceeds_broker_limit());
+        assert_eq!(
+            with("2s").unwrap().broker.unwrap().connection_age_limit(),
+            Some(Duration::from_secs(2))
+        );
+        let e = with("500ms").unwrap_err().to_string();
+        assert!(
+            e.contains("broker.max_connection_age") && e.contains("0s"),
+            "{e}"
+        );
+        let e = with("soon").unwrap_err().to_string();
+        assert!(e.contains("max_connection_age"), "{e}");
     }
 
     #[test]

@@ -8,8 +8,22 @@
 //! to its dueslag: published to the queue (pull) or POSTed as ModtagBeskedInput (push),
 //! again until the receiver answers 20. Faults come from the same [`Faults`] as the
 //! simulator's.
+//!
+//! **Connection age.** The Beskedfordeler ends each client connection when the hour its
+//! connection authoriser granted is over. With `[emulator] max_connection_age` the emulator
+//! does the same to every client connection in its virtual host (its own, named
+//! [`CONNECTION_NAME`], excepted), so that a client's reconnects and retries can be tested
+//! offline. It does so with `rabbitmqctl` (`list_connections` for each connection's
+//! `connected_at`, `close_connection` when it is old enough), run as `[emulator.rabbitmqctl]`
+//! says, because nothing else does it on a plain RabbitMQ: a client cannot close another
+//! client's connection over AMQP; RabbitMQ's per-vhost and per-user limits bound how many
+//! connections and channels there are, never how long a connection lives; and the HTTP
+//! management API needs a plugin that the test broker (and many nodes) do not run, while
+//! every node comes with rabbitmqctl. Each call starts an Erlang VM (about half a second of
+//! CPU), so the emulator lists only when the next connection can be due, not on a fixed
+//! short tick.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -21,7 +35,7 @@ use lapin::options::{
     QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, ExchangeKind};
+use lapin::{BasicProperties, Channel, ConnectionProperties, ExchangeKind};
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -38,6 +52,17 @@ use crate::transport::amqp::connect::{self as sasl, AuthChoice};
 
 /// The queue bound to the afsend exchange that the emulator consumes.
 pub const AFSEND_QUEUE: &str = "AFSEND_BESKED_QUEUE";
+
+/// The `connection_name` client property of the emulator's own connection: the one
+/// connection of its virtual host that `max_connection_age` never ends.
+pub const CONNECTION_NAME: &str = "bfo-emulator";
+
+/// The shortest wait between two looks at the connections (each runs rabbitmqctl).
+const MIN_CONNECTION_CHECK: Duration = Duration::from_millis(200);
+/// The wait after rabbitmqctl failed, before it is tried again.
+const RABBITMQCTL_RETRY: Duration = Duration::from_secs(5);
+/// The longest one rabbitmqctl call may take.
+const RABBITMQCTL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The emulator's configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -64,6 +89,191 @@ pub struct EmulatorSection {
     pub require_token: bool,
     /// Client certificate and CA for POSTs to push endpoints over mutual TLS.
     pub push_tls: Option<PushClientTls>,
+    /// End every other client connection in the virtual host once it is this old, as the
+    /// Beskedfordeler does after an hour (module doc); absent: never.
+    #[serde(with = "humantime_serde", default)]
+    pub max_connection_age: Option<Duration>,
+    /// How to run rabbitmqctl against the broker's node, for `max_connection_age`.
+    #[serde(default)]
+    pub rabbitmqctl: Rabbitmqctl,
+}
+
+/// How to run `rabbitmqctl` against one node.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Rabbitmqctl {
+    /// The program; default `rabbitmqctl` on `PATH`.
+    pub path: Option<PathBuf>,
+    /// The node (`-n`); default rabbitmqctl's own choice.
+    pub node: Option<String>,
+    /// Environment of the calls, e.g. `HOME` (where the Erlang cookie is) and
+    /// `ERL_EPMD_PORT`. Values never print: one could be a cookie.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for Rabbitmqctl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rabbitmqctl")
+            .field("path", &self.path)
+            .field("node", &self.node)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// One client connection as `rabbitmqctl list_connections` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientConnection {
+    /// What `close_connection` takes.
+    pub pid: String,
+    pub vhost: String,
+    /// The client's `connection_name` property, if it gave one.
+    pub name: Option<String>,
+    pub connected_at: SystemTime,
+}
+
+impl Rabbitmqctl {
+    /// The command with program, node and environment, quiet; the caller adds arguments.
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(
+            self.path
+                .clone()
+                .unwrap_or_else(|| PathBuf::from("rabbitmqctl")),
+        );
+        cmd.envs(&self.env).arg("-q");
+        if let Some(node) = &self.node {
+            cmd.args(["-n", node]);
+        }
+        cmd
+    }
+
+    /// Runs one command; its standard output, or what went wrong.
+    pub async fn run(&self, args: &[&str]) -> Result<String, String> {
+        let mut cmd = tokio::process::Command::from(self.command());
+        cmd.args(args).kill_on_drop(true);
+        let out = tokio::time::timeout(RABBITMQCTL_TIMEOUT, cmd.output())
+            .await
+            .map_err(|_| format!("rabbitmqctl {args:?}: no answer within {RABBITMQCTL_TIMEOUT:?}"))?
+            .map_err(|e| format!("rabbitmqctl {args:?}: {e}"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let err: String = err.trim().chars().take(400).collect();
+            return Err(format!("rabbitmqctl {args:?}: {}: {err}", out.status));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Every client connection of the node.
+    pub async fn connections(&self) -> Result<Vec<ClientConnection>, String> {
+        let out = self
+            .run(&[
+                "list_connections",
+                "--no-table-headers",
+                "pid",
+                "vhost",
+                "connected_at",
+                "client_properties",
+            ])
+            .await?;
+        parse_connections(&out)
+    }
+
+    /// Closes one connection; the client is told `reason`.
+    pub async fn close_connection(&self, pid: &str, reason: &str) -> Result<(), String> {
+        self.run(&["close_connection", pid, reason]).await.map(drop)
+    }
+}
+
+/// Reads `list_connections --no-table-headers pid vhost connected_at client_properties`:
+/// one tab-separated line per connection. The table, not `--formatter json`, because only
+/// the table writes the pid as `close_connection` takes it (`<node.1.2.0>`, where JSON
+/// has `#PID<…>`).
+fn parse_connections(table: &str) -> Result<Vec<ClientConnection>, String> {
+    table
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let bad = || format!("rabbitmqctl list_connections: unreadable line {line:?}");
+            let mut cols = line.splitn(4, '\t');
+            let (Some(pid), Some(vhost), Some(at), props) =
+                (cols.next(), cols.next(), cols.next(), cols.next())
+            else {
+                return Err(bad());
+            };
+            let at: u64 = at.trim().parse().map_err(|_| bad())?;
+            Ok(ClientConnection {
+                pid: pid.to_string(),
+                vhost: vhost.to_string(),
+                name: props.and_then(connection_name),
+                connected_at: SystemTime::UNIX_EPOCH + Duration::from_millis(at),
+            })
+        })
+        .collect()
+}
+
+/// The `connection_name` in the client properties as the table writes them:
+/// `[{"capabilities",[…]},{"connection_name","bfo-emulator"},…]`.
+fn connection_name(props: &str) -> Option<String> {
+    const KEY: &str = "{\"connection_name\",\"";
+    let rest = &props[props.find(KEY)? + KEY.len()..];
+    Some(rest[..rest.find("\"}")?].to_string())
+}
+
+/// Ends every client connection of `vhost` but the emulator's own once it is `max_age`
+/// old, until `stop`. It looks again when the youngest surviving connection can be due,
+/// or `max_age` after a look that found none (a new connection is due no sooner).
+async fn end_old_connections(
+    ctl: Rabbitmqctl,
+    vhost: String,
+    max_age: Duration,
+    stop: CancellationToken,
+) {
+    // Closed already but perhaps still listed while they close.
+    let mut ended: HashSet<String> = HashSet::new();
+    loop {
+        let wait = match ctl.connections().await {
+            Ok(all) => {
+                let now = SystemTime::now();
+                let mut next = max_age;
+                let clients: Vec<_> = all
+                    .into_iter()
+                    .filter(|c| c.vhost == vhost && c.name.as_deref() != Some(CONNECTION_NAME))
+                    .collect();
+                ended.retain(|pid| clients.iter().any(|c| &c.pid == pid));
+                for c in &clients {
+                    if ended.contains(&c.pid) {
+                        continue;
+                    }
+                    let age = now.duration_since(c.connected_at).unwrap_or_default();
+                    if age < max_age {
+                        next = next.min(max_age - age);
+                        continue;
+                    }
+                    let reason =
+                        "max_connection_age reached (the emulated Beskedfordeler ends connections)";
+                    match ctl.close_connection(&c.pid, reason).await {
+                        Ok(()) => {
+                            tracing::info!(pid = %c.pid, name = c.name.as_deref().unwrap_or(""), age = ?age, "ended a client connection at max_connection_age");
+                            ended.insert(c.pid.clone());
+                        }
+                        Err(e) => {
+                            tracing::warn!(pid = %c.pid, error = %e, "cannot end a client connection")
+                        }
+                    }
+                }
+                next
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?RABBITMQCTL_RETRY, "cannot list the broker's connections");
+                RABBITMQCTL_RETRY
+            }
+        };
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(wait.max(MIN_CONNECTION_CHECK)) => {}
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -113,6 +323,12 @@ impl EmulatorConfig {
             if !c.dueslag.iter().any(|d| &d.name == name) {
                 return Err(err(format!("faults.{name}: no dueslag is named {name:?}")));
             }
+        }
+        if c.emulator.max_connection_age.is_some_and(|d| d.is_zero()) {
+            return Err(err(
+                "emulator.max_connection_age: must be more than 0s (leave it out to keep connections)"
+                    .into(),
+            ));
         }
         Ok(c)
     }
@@ -337,6 +553,21 @@ pub async fn run(
             .timeout(Duration::from_secs(10))
             .build()?,
     };
+    if let Some(max_age) = cfg.emulator.max_connection_age {
+        let vhost = cfg
+            .emulator
+            .url
+            .0
+            .parse::<lapin::uri::AMQPUri>()
+            .map_err(|e| anyhow::anyhow!("emulator.url: {e}"))?
+            .vhost;
+        tokio::spawn(end_old_connections(
+            cfg.emulator.rabbitmqctl.clone(),
+            vhost,
+            max_age,
+            stop.clone(),
+        ));
+    }
     // Capped at 10 s, not the exporter's 30 s: the emulator is a test fixture, and should be
     // serving again soon after its broker comes back.
     let mut backoff = Backoff::new(RECONNECT_START, Duration::from_secs(10));
@@ -360,7 +591,13 @@ async fn session(
     stop: &CancellationToken,
     ready: Option<&tokio::sync::mpsc::Sender<()>>,
 ) -> anyhow::Result<()> {
-    let conn = sasl::connect(&cfg.emulator.url.0, None, AuthChoice::Plain).await?;
+    let conn = sasl::connect_with_properties(
+        &cfg.emulator.url.0,
+        None,
+        AuthChoice::Plain,
+        ConnectionProperties::default().with_connection_name(CONNECTION_NAME.into()),
+    )
+    .await?;
     let channel = conn.create_channel().await?;
     declare(&channel, cfg).await?;
     let session_stop = stop.child_token();
@@ -408,29 +645,112 @@ async fn session(
             }
             Ok(()) => match sim.afsend(&d.data) {
                 AfsendAnswer::Reply(r) => Some(r),
+                AfsendAnswer::Delayed(r, after) => {
+                    // Later, while the next calls are served.
+                    tokio::spawn(reply(channel.clone(), d.properties.clone(), r, after));
+                    None
+                }
                 // The emulator cannot make the broker return or drop a connection: an outage
                 // and an unroutable fault both go unanswered.
                 AfsendAnswer::Outage | AfsendAnswer::NoReply | AfsendAnswer::Unroutable => None,
             },
         };
-        if let (Some(r), Some(reply_to)) = (answer, d.properties.reply_to().clone()) {
-            let mut props = BasicProperties::default().with_content_type("application/xml".into());
-            if let Some(c) = d.properties.correlation_id().clone() {
-                props = props.with_correlation_id(c);
-            }
-            if let Err(e) = channel
-                .basic_publish(
-                    "".into(),
-                    reply_to,
-                    BasicPublishOptions::default(),
-                    &r,
-                    props,
-                )
-                .await
-            {
-                tracing::warn!(error = %e, "reply failed");
-            }
+        if let Some(r) = answer {
+            reply(channel.clone(), d.properties.clone(), r, Duration::ZERO).await;
         }
         d.acker.ack(BasicAckOptions::default()).await?;
+    }
+}
+
+/// Answers a call on its `reply_to` with its correlation id, `after` a while.
+async fn reply(channel: Channel, call: BasicProperties, body: Bytes, after: Duration) {
+    let Some(reply_to) = call.reply_to().clone() else {
+        return;
+    };
+    if !after.is_zero() {
+        tokio::time::sleep(after).await;
+    }
+    let mut props = BasicProperties::default().with_content_type("application/xml".into());
+    if let Some(c) = call.correlation_id().clone() {
+        props = props.with_correlation_id(c);
+    }
+    if let Err(e) = channel
+        .basic_publish(
+            "".into(),
+            reply_to,
+            BasicPublishOptions::default(),
+            &body,
+            props,
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "reply failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_are_read_from_the_rabbitmqctl_table() {
+        // As rabbitmqctl 3.10 writes it (the capabilities shortened).
+        let table = concat!(
+            "<rabbit@host.1796139872.2034.0>\tBF\t1700000000000\t",
+            r#"[{"capabilities",[{"basic.nack",true}]},{"connection_name","bfo-alive-exporter afsend"},{"product","lapin"}]"#,
+            "\n<rabbit@host.1796139872.2040.0>\tother\t1700000001500\t",
+            r#"[{"connection_name","bfo-emulator"}]"#,
+            "\n<rabbit@host.1796139872.2051.0>\tBF\t1700000002000\t[]\n",
+        );
+        let got = parse_connections(table).unwrap();
+        let at = |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
+        assert_eq!(
+            got,
+            [
+                ClientConnection {
+                    pid: "<rabbit@host.1796139872.2034.0>".into(),
+                    vhost: "BF".into(),
+                    name: Some("bfo-alive-exporter afsend".into()),
+                    connected_at: at(1_700_000_000_000),
+                },
+                ClientConnection {
+                    pid: "<rabbit@host.1796139872.2040.0>".into(),
+                    vhost: "other".into(),
+                    name: Some(CONNECTION_NAME.into()),
+                    connected_at: at(1_700_000_001_500),
+                },
+                ClientConnection {
+                    pid: "<rabbit@host.1796139872.2051.0>".into(),
+                    vhost: "BF".into(),
+                    name: None,
+                    connected_at: at(1_700_000_002_000),
+                },
+            ]
+        );
+        assert_eq!(parse_connections("\n").unwrap(), []);
+        assert!(parse_connections("<x>\tBF\tyesterday\t[]").is_err());
+        assert!(parse_connections("<x>\tBF").is_err());
+    }
+
+    #[test]
+    fn rabbitmqctl_env_values_never_print() {
+        let ctl = Rabbitmqctl {
+            path: None,
+            node: Some("rabbit@localhost".into()),
+            env: [(
+                "RABBITMQ_ERLANG_COOKIE".to_string(),
+                "s3cret-cookie".to_string(),
+            )]
+            .into(),
+        };
+        let shown = format!("{ctl:?}");
+        assert!(
+            shown.contains("RABBITMQ_ERLANG_COOKIE") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        let cmd = ctl.command();
+        let args: Vec<_> = cmd.get_args().collect();
+        assert_eq!(args, ["-q", "-n", "rabbit@localhost"]);
+        assert_eq!(cmd.get_program(), "rabbitmqctl");
     }
 }

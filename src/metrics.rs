@@ -117,6 +117,7 @@ pub struct Metrics {
     token_expiry: Family<ServiceLabel, Timestamp>,
     token_renewal_failures: Family<ServiceLabel, Counter>,
     connection_up: Family<ConnectionLabel, Gauge>,
+    connection_rotations: Family<ConnectionLabel, Counter>,
     backend: Family<BackendLabel, Gauge>,
     reload_ok: Gauge,
     reload_time: Timestamp,
@@ -155,6 +156,7 @@ impl Metrics {
             token_expiry: Family::default(),
             token_renewal_failures: Family::default(),
             connection_up: Family::default(),
+            connection_rotations: Family::default(),
             backend: Family::default(),
             reload_ok: Gauge::default(),
             reload_time: Timestamp::default(),
@@ -236,6 +238,11 @@ impl Metrics {
             m.connection_up.clone(),
         );
         reg.register(
+            "connection_rotations",
+            "Connections replaced by a new one at [broker] max_connection_age (make before break).",
+            m.connection_rotations.clone(),
+        );
+        reg.register(
             "config_last_reload_successful",
             "1 when the last configuration (re)load succeeded.",
             m.reload_ok.clone(),
@@ -271,6 +278,9 @@ impl Metrics {
                 service: s.as_str(),
             });
             let _ = m.connection_up.get_or_create(&ConnectionLabel {
+                connection: s.as_str(),
+            });
+            let _ = m.connection_rotations.get_or_create(&ConnectionLabel {
                 connection: s.as_str(),
             });
         }
@@ -344,6 +354,15 @@ impl Metrics {
         self.connection_up.remove(&ConnectionLabel {
             connection: role.as_str(),
         });
+    }
+
+    /// Counts a connection replaced before `max_connection_age`.
+    pub fn connection_rotated(&self, role: Service) {
+        self.connection_rotations
+            .get_or_create(&ConnectionLabel {
+                connection: role.as_str(),
+            })
+            .inc();
     }
 
     pub fn set_token_expiry(&self, role: Service, expiry: Option<SystemTime>) {
@@ -561,6 +580,7 @@ mod tests {
             r#"bfo_alive_received_total{dueslag="sag-pull",mode="pull",kind="out_of_order"} 0"#,
             r#"bfo_alive_roundtrip_duration_seconds_count{dueslag="sag-pull",mode="pull"} 0"#,
             r#"bfo_alive_connection_up{connection="afhent"} 0"#,
+            r#"bfo_alive_connection_rotations_total{connection="afsend"} 0"#,
             r#"bfo_alive_exporter_build_info{version=""#,
             "process_resident_memory_bytes ",
         ] {

@@ -26,6 +26,13 @@ pub const TOKEN_HEADER: &str = "token";
 pub const DEFAULT_SEND_ATTEMPTS: u32 = 3;
 /// Time to wait for the StandardRetur reply of one attempt (KOMBIT's samples use 10 s).
 pub const DEFAULT_SEND_TIMEOUT_SECS: u64 = 10;
+/// How long KOMBIT's connection authoriser grants an AMQP connection; the broker ends it
+/// then.
+pub const CONNECTION_LIFETIME_SECS: u64 = 3600;
+/// The exporter replaces a connection at this age (`[broker] max_connection_age`): five
+/// minutes under [`CONNECTION_LIFETIME_SECS`], room for attempts on the old connection to
+/// finish.
+pub const DEFAULT_MAX_CONNECTION_AGE_SECS: u64 = 55 * 60;
 
 /// Namespace of the Haendelsesbesked envelope.
 pub const NS_KUVERT: &str = "urn:oio:besked:kuvert:1.0";

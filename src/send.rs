@@ -1,6 +1,12 @@
 //! The Afsend policy of ARCHITECTURE.md §2 on top of any [`Afsender`]: a new correlation id per
-//! attempt, renew the token and retry on 41, retry on no reply, give up after the
-//! configured attempts, and classify the failure.
+//! attempt, renew the token and retry on 41, retry on no reply, reconnect and retry on a
+//! connection error, give up after the configured attempts, and classify the failure.
+//!
+//! A connection error is retried because a broker ends connections by design (KOMBIT's
+//! connection authoriser grants one for 3600 s, and KOMBIT's own sample reconnects and
+//! retries the Afsend): the first retry goes at once, on the connection the [`Afsender`]
+//! opens again; a further one waits the reconnect backoff (0.5 s, 1 s, …), so that each
+//! retry meets the link's next connect attempt instead of its backoff window.
 //!
 //! An unreadable reply (`invalid_reply`) is **not** retried. It is an answer, not a lost
 //! one: the Beskedfordeler received the message and may well have accepted it, so a retry
@@ -13,6 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
 
+use crate::backoff::Backoff;
 use crate::outcome::SendFailure;
 use crate::protocol::status;
 use crate::transport::{Afsender, AttemptError, Outgoing};
@@ -43,6 +50,8 @@ pub async fn send(
 ) -> SendReport {
     let attempts = attempts.max(1);
     let mut last = (SendFailure::Timeout, None, String::new());
+    // Set at the first connection error: the retry after it goes at once, later ones wait.
+    let mut reconnect_pause: Option<Backoff> = None;
     for attempt in 1..=attempts {
         let started = Instant::now();
         match afsender.publish(msg, Uuid::new_v4(), timeout).await {
@@ -81,7 +90,13 @@ pub async fn send(
                 );
             }
             Err(e @ AttemptError::Connection(_)) => {
-                return failed(SendFailure::Connection, None, e.to_string(), attempt);
+                last = (SendFailure::Connection, None, e.to_string());
+                if attempt < attempts {
+                    match &mut reconnect_pause {
+                        None => reconnect_pause = Some(Backoff::reconnect()),
+                        Some(pause) => tokio::time::sleep(pause.next_delay()).await,
+                    }
+                }
             }
             Err(e @ AttemptError::Unroutable) => {
                 return failed(SendFailure::Unroutable, None, e.to_string(), attempt);
@@ -132,6 +147,8 @@ mod tests {
     struct Scripted {
         answers: Mutex<Vec<Result<StandardRetur, AttemptError>>>,
         correlation_ids: Mutex<Vec<Uuid>>,
+        /// The transaction id (`message_id`) and the (paused) time of each attempt.
+        attempts: Mutex<Vec<(Uuid, Instant)>>,
         renewals: Mutex<u32>,
         renew_ok: bool,
     }
@@ -142,6 +159,7 @@ mod tests {
             Scripted {
                 answers: Mutex::new(answers),
                 correlation_ids: Mutex::default(),
+                attempts: Mutex::default(),
                 renewals: Mutex::default(),
                 renew_ok,
             }
@@ -152,11 +170,15 @@ mod tests {
     impl Afsender for Scripted {
         async fn publish(
             &self,
-            _: &Outgoing,
+            msg: &Outgoing,
             c: Uuid,
             _: Duration,
         ) -> Result<StandardRetur, AttemptError> {
             self.correlation_ids.lock().unwrap().push(c);
+            self.attempts
+                .lock()
+                .unwrap()
+                .push((msg.transaction_id, Instant::now()));
             self.answers
                 .lock()
                 .unwrap()
@@ -269,7 +291,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn unroutable_and_connection_do_not_retry() {
+    async fn unroutable_and_unreadable_replies_do_not_retry() {
         let s = Scripted::new(vec![Err(AttemptError::Unroutable)], true);
         assert!(matches!(
             run(&s).await,
@@ -278,11 +300,14 @@ mod tests {
                 ..
             }
         ));
-        let s = Scripted::new(vec![Err(AttemptError::Connection("down".into()))], true);
+        // The broker answered: it may have taken the message, so no second copy is sent.
+        let invalid = crate::message::parse_afsend_reply(b"<x/>").unwrap_err();
+        let s = Scripted::new(vec![Err(AttemptError::InvalidReply(invalid))], true);
         assert!(matches!(
             run(&s).await,
             SendReport::Failed {
-                reason: SendFailure::Connection,
+                reason: SendFailure::InvalidReply,
+                attempts: 1,
                 ..
             }
         ));
@@ -315,5 +340,94 @@ mod tests {
         );
         assert_eq!(reply_head.as_deref(), Some("<html>502 Bad Gateway</html>"));
         assert_eq!(*s.renewals.lock().unwrap(), 0);
+    }
+
+    fn down() -> Result<StandardRetur, AttemptError> {
+        Err(AttemptError::Connection(
+            "channel closed by the broker".into(),
+        ))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_error_is_retried_at_once_with_the_same_message_id() {
+        let s = Scripted::new(vec![down(), Ok(StandardRetur::ok())], true);
+        let m = msg();
+        let start = Instant::now();
+        let r = send(&s, &m, 3, Duration::from_secs(1)).await;
+        assert!(
+            matches!(r, SendReport::Accepted { attempts: 2, .. }),
+            "{r:?}"
+        );
+        let attempts = s.attempts.lock().unwrap();
+        assert_eq!(
+            attempts.iter().map(|a| a.0).collect::<Vec<_>>(),
+            [m.transaction_id; 2],
+            "one message_id for every attempt"
+        );
+        assert_eq!(attempts[1].1, start, "the first retry does not wait");
+        let ids = s.correlation_ids.lock().unwrap();
+        assert_ne!(ids[0], ids[1], "a new correlation id per attempt");
+        assert_eq!(*s.renewals.lock().unwrap(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connection_errors_fail_only_when_the_attempts_are_used_up() {
+        let s = Scripted::new(vec![down(), down(), down(), down()], true);
+        let start = Instant::now();
+        let r = send(&s, &msg(), 4, Duration::from_secs(1)).await;
+        assert!(
+            matches!(
+                &r,
+                SendReport::Failed {
+                    reason: SendFailure::Connection,
+                    status: None,
+                    attempts: 4,
+                    detail,
+                    ..
+                } if detail.contains("closed by the broker")
+            ),
+            "{r:?}"
+        );
+        // At once, then the reconnect backoff: 0.5 s, 1 s; nothing after the last attempt.
+        let at: Vec<Duration> = s
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|a| a.1 - start)
+            .collect();
+        // Tokio's timer may round a deadline up to its next millisecond tick.
+        let want = [0, 0, 500, 1500].map(Duration::from_millis);
+        assert!(
+            at.iter()
+                .zip(want)
+                .all(|(at, want)| want <= *at && *at <= want + Duration::from_millis(2)),
+            "attempts at {at:?}, want {want:?}"
+        );
+        assert_eq!(start.elapsed(), at[3], "no wait after the last attempt");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_error_mixes_with_the_other_answers() {
+        let t = Err(AttemptError::Timeout);
+        let expired = Ok(StandardRetur::error(41, "expired"));
+        // Each script, how it ends (attempts of an acceptance, or the failure's reason), and
+        // the token renewals on the way.
+        let cases = [
+            // Cut while waiting, then no reply on the new connection: the budget ends on
+            // the timeout, which is what the last attempt saw.
+            (vec![down(), t.clone(), t], Err(SendFailure::Timeout), 0),
+            // A 41 after a reconnect still renews the token.
+            (vec![down(), expired, Ok(StandardRetur::ok())], Ok(3), 1),
+        ];
+        for (script, want, renewals) in cases {
+            let s = Scripted::new(script, true);
+            let got = match run(&s).await {
+                SendReport::Accepted { attempts, .. } => Ok(attempts),
+                SendReport::Failed { reason, .. } => Err(reason),
+            };
+            assert_eq!(got, want);
+            assert_eq!(*s.renewals.lock().unwrap(), renewals);
+        }
     }
 }

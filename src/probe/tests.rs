@@ -259,6 +259,8 @@ async fn a_probe_that_never_arrives_times_out_at_its_deadline_and_is_lost_later(
 
 #[tokio::test(start_paused = true)]
 async fn send_failures_are_reported_by_reason() {
+    let invalid = crate::message::parse_afsend_reply(b"<html>502</html>").unwrap_err();
+    let invalid_detail = AttemptError::InvalidReply(invalid.clone()).to_string();
     let rejected = |code, text| Reply::Now(Ok(StandardRetur::error(code, text)));
     let script = vec![
         rejected(44, "no such dueslag"),
@@ -267,12 +269,15 @@ async fn send_failures_are_reported_by_reason() {
         rejected(41, "expired"),
         Reply::Never,
         Reply::Never,
+        // A connection error is retried on a new connection: both attempts meet one.
+        Reply::Now(Err(AttemptError::Connection("down".into()))),
         Reply::Now(Err(AttemptError::Connection("down".into()))),
         Reply::Now(Err(AttemptError::Unroutable)),
         Reply::Now(Err(AttemptError::NoToken("sts down".into()))),
+        Reply::Now(Err(AttemptError::InvalidReply(invalid.clone()))),
     ];
     let mut r = rig(spec(Mode::Push), script);
-    for _ in 0..6 {
+    for _ in 0..7 {
         r.watch.next(is_finished).await;
     }
     let mut attempts: Vec<(Uuid, Instant)> = vec![];
@@ -313,6 +318,7 @@ async fn send_failures_are_reported_by_reason() {
                 "the broker returned the message as unroutable"
             ),
             (ids[5], Token, None, "no token: sts down"),
+            (ids[6], InvalidReply, None, invalid_detail.as_str()),
         ]
     );
     let results = pick(&outcomes, |o| match o {
@@ -321,18 +327,27 @@ async fn send_failures_are_reported_by_reason() {
     });
     assert_eq!(
         results,
-        [Rejected, Token, Timeout, Connection, Unroutable, Token].map(ProbeResult::SendError)
+        [
+            Rejected,
+            Token,
+            Timeout,
+            Connection,
+            Unroutable,
+            Token,
+            InvalidReply
+        ]
+        .map(ProbeResult::SendError)
     );
     assert!(!outcomes.iter().any(|o| matches!(o, Outcome::Sent { .. })));
     // Only 41 renews the token, once between the two attempts.
     assert_eq!(r.afsender.renewals.load(Ordering::Relaxed), 1);
-    // Two attempts for 41 and for no reply, one for every other failure; the two
-    // unanswered attempts take one send timeout each.
+    // Two attempts for 41, for no reply and for a lost connection, one for every other
+    // failure; the two unanswered attempts take one send timeout each.
     let per_probe: Vec<usize> = ids
         .iter()
         .map(|id| attempts.iter().filter(|(a, _)| a == id).count())
         .collect();
-    assert_eq!(per_probe, [1, 2, 2, 1, 1, 1]);
+    assert_eq!(per_probe, [1, 2, 2, 2, 1, 1, 1]);
     let timeouts: Vec<Instant> = attempts
         .iter()
         .filter(|(a, _)| *a == ids[2])

@@ -61,6 +61,8 @@ pub enum AfsendAnswer {
     /// The reply document, written in the dueslag's `reply_shape`: the sender reads it as it
     /// would read the Beskedfordeler's.
     Reply(Bytes),
+    /// The reply, to be given this much later (fault `reply_delay`).
+    Delayed(Bytes, Duration),
     Outage,
     Unroutable,
     NoReply,
@@ -235,7 +237,7 @@ impl Simulator {
             // No abonnement matches: accepted, delivered nowhere.
             return reply(StandardRetur::ok(), ReplyShape::default());
         };
-        let (target, fate, shape) = {
+        let (target, fate, shape, reply_delay) = {
             let mut slots = self.slots.lock().unwrap();
             let Some(slot) = slots.get_mut(&name) else {
                 return reply(StandardRetur::ok(), ReplyShape::default());
@@ -250,9 +252,14 @@ impl Simulator {
                     &mut *self.rng.lock().unwrap(),
                 )
             };
-            (slot.target.clone(), fate, slot.faults.reply_shape)
+            (
+                slot.target.clone(),
+                fate,
+                slot.faults.reply_shape,
+                slot.faults.reply_delay,
+            )
         };
-        match fate {
+        let answer = match fate {
             Fate::Outage => AfsendAnswer::Outage,
             Fate::Unroutable => AfsendAnswer::Unroutable,
             Fate::NoReply => AfsendAnswer::NoReply,
@@ -283,6 +290,12 @@ impl Simulator {
                 }
                 reply(StandardRetur::ok(), shape)
             }
+        };
+        match answer {
+            AfsendAnswer::Reply(r) if !reply_delay.is_zero() => {
+                AfsendAnswer::Delayed(r, reply_delay)
+            }
+            answer => answer,
         }
     }
 

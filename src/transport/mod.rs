@@ -37,6 +37,8 @@ pub struct Outgoing {
 pub enum AttemptError {
     #[error("no reply within the send timeout")]
     Timeout,
+    /// The connection or channel failed (publish refused, closed while waiting for the
+    /// reply, no connection): the policy reconnects and retries within the attempts.
     #[error("no connection to the broker: {0}")]
     Connection(String),
     #[error("the broker returned the message as unroutable")]
@@ -76,6 +78,14 @@ pub trait Afhenter: Send + Sync {
 pub trait PullConsumer: Send {
     /// The next delivery; `None` when the consumer ended (connection or channel lost).
     async fn next(&mut self) -> Option<Delivery>;
+
+    /// Resolves when the connection under this consumer has been replaced by a newer one
+    /// (`[broker] max_connection_age`): the receiver then opens a consumer on the new
+    /// connection before it drops this one (make before break). Owned, so that it can be
+    /// awaited beside [`PullConsumer::next`]. Never resolves by default.
+    fn moved(&self) -> futures::future::BoxFuture<'static, ()> {
+        Box::pin(std::future::pending())
+    }
 }
 
 /// A message taken from a dueslag queue, not yet acknowledged.

@@ -28,9 +28,13 @@ impl Afsender for SimAfsender {
             AfsendAnswer::Reply(body) => {
                 parse_afsend_reply(&body).map_err(AttemptError::InvalidReply)
             }
+            AfsendAnswer::Delayed(body, after) if after < timeout => {
+                tokio::time::sleep(after).await;
+                parse_afsend_reply(&body).map_err(AttemptError::InvalidReply)
+            }
             AfsendAnswer::Outage => Err(AttemptError::Connection("simulated outage".into())),
             AfsendAnswer::Unroutable => Err(AttemptError::Unroutable),
-            AfsendAnswer::NoReply => {
+            AfsendAnswer::NoReply | AfsendAnswer::Delayed(..) => {
                 tokio::time::sleep(timeout).await;
                 Err(AttemptError::Timeout)
             }
@@ -119,5 +123,81 @@ impl DeliveryHandle for SimHandle {
             .reject_to_error_queue()
             .then_some(())
             .ok_or_else(|| "delivery tag unknown".into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use tokio::time::Instant;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::config::{Faults, Mode};
+    use crate::message::{AliveSpec, ProbePayload, build_alive};
+    use crate::sim::Target;
+
+    /// An Afsend attempt of dueslag `d` on a simulator whose `d` answers `reply_delay` late.
+    async fn attempt(
+        reply_delay: Duration,
+        timeout: Duration,
+    ) -> Result<StandardRetur, AttemptError> {
+        let stop = CancellationToken::new();
+        let sink = LocalSink::new(stop.clone());
+        let sim = Simulator::new(sink, stop.clone());
+        let target = Target {
+            name: "d".into(),
+            mode: Mode::Pull,
+            queue: Some("q".into()),
+            push_url: None,
+        };
+        sim.set_topology(vec![(
+            target,
+            Faults {
+                reply_delay,
+                ..Faults::default()
+            },
+        )]);
+        let payload = ProbePayload {
+            instance: "i".into(),
+            run: Uuid::new_v4(),
+            dueslag: "d".into(),
+            sequence: 1,
+            sent_at: SystemTime::now(),
+        };
+        let besked_id = Uuid::new_v4();
+        let body = build_alive(&AliveSpec {
+            besked_id,
+            anvendersystem: Uuid::new_v4(),
+            cvr: "29189846",
+            payload: &payload,
+        });
+        let msg = Outgoing {
+            transaction_id: Uuid::new_v4(),
+            besked_id,
+            dueslag: "d".into(),
+            body: body.into(),
+        };
+        let r = SimAfsender { sim }
+            .publish(&msg, Uuid::new_v4(), timeout)
+            .await;
+        stop.cancel();
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reply_comes_late_or_times_out() {
+        let (delay, timeout) = (Duration::from_millis(300), Duration::from_secs(1));
+        let start = Instant::now();
+        assert_eq!(attempt(delay, timeout).await, Ok(StandardRetur::ok()));
+        assert!(start.elapsed() >= delay, "{:?}", start.elapsed());
+
+        let start = Instant::now();
+        assert_eq!(
+            attempt(Duration::from_secs(2), timeout).await,
+            Err(AttemptError::Timeout)
+        );
+        assert!(start.elapsed() >= timeout && start.elapsed() < Duration::from_secs(2));
     }
 }

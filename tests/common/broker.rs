@@ -95,6 +95,20 @@ impl Broker {
     }
 }
 
+/// The `[emulator]` table on `url` that accepts the identity of [`super::IDENTITY`] and
+/// needs no token; more `[emulator]` keys may follow it.
+pub fn emulator_table(url: &str) -> String {
+    format!(
+        "[emulator]\nurl = \"{url}\"\nanvendersystem = \"cf12c051-39ce-4066-ba11-704b46fa23c4\"\n\
+         cvr = \"29189846\"\nrequire_token = false\n"
+    )
+}
+
+/// An exporter's `[broker]` table on `url` with PLAIN; more `[broker]` keys may follow it.
+pub fn amqp_broker_table(url: &str) -> String {
+    format!("[broker]\nbackend = \"amqp\"\nurl = \"{url}\"\nauth = \"plain\"\n")
+}
+
 pub fn vhost_of(url: &str) -> String {
     url.rsplit_once('/').unwrap().1.to_string()
 }

@@ -1,7 +1,11 @@
 //! The emulator in-process on the test broker, and direct AMQP access to its queues.
 #![allow(dead_code)]
 
-use bfo_alive_exporter::emulator::{self, EmulatorConfig};
+use std::path::PathBuf;
+
+use bfo_alive_exporter::emulator::{self, EmulatorConfig, Rabbitmqctl};
+
+use super::broker::Broker;
 use lapin::options::QueueDeclareOptions;
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
@@ -105,4 +109,36 @@ pub async fn publish_to_queue(url: &str, queue: &str, body: &[u8]) {
     .await
     .unwrap();
     conn.close(200, "done".into()).await.unwrap();
+}
+
+/// rabbitmqctl for the test node, as the emulator's `[emulator.rabbitmqctl]` takes it.
+pub fn rabbitmqctl(b: &Broker) -> Rabbitmqctl {
+    Rabbitmqctl {
+        path: Some(PathBuf::from(b.var("RABBITMQ_SBIN")).join("rabbitmqctl")),
+        node: Some(b.var("RABBITMQ_NODENAME").to_string()),
+        env: [
+            ("HOME".to_string(), b.var("RABBITMQ_HOME_DIR").to_string()),
+            (
+                "ERL_EPMD_PORT".to_string(),
+                b.var("ERL_EPMD_PORT").to_string(),
+            ),
+        ]
+        .into(),
+    }
+}
+
+/// [`rabbitmqctl`] as the `[emulator.rabbitmqctl]` table of an emulator file.
+pub fn rabbitmqctl_toml(b: &Broker) -> String {
+    let ctl = rabbitmqctl(b);
+    let env: Vec<String> = ctl
+        .env
+        .iter()
+        .map(|(k, v)| format!("{k} = {v:?}"))
+        .collect();
+    format!(
+        "[emulator.rabbitmqctl]\npath = {:?}\nnode = {:?}\nenv = {{ {} }}\n",
+        ctl.path.unwrap(),
+        ctl.node.unwrap(),
+        env.join(", ")
+    )
 }

@@ -3,16 +3,20 @@
 //!
 //! Each consumer has its own channel with `basic.qos(prefetch)` and manual ack, so that
 //! closing the channel when the consumer is dropped returns exactly its unacknowledged
-//! (held) deliveries to the queue.
+//! (held) deliveries to the queue. A consumer knows the connection generation it runs on:
+//! when the link installs a newer connection, [`PullConsumer::moved`] tells the receiver to
+//! open its next consumer there before dropping this one (make before break), and the old
+//! connection is closed once no consumer or attempt holds it.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures::StreamExt;
-use lapin::Channel;
+use futures::future::BoxFuture;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
 use lapin::types::FieldTable;
+use lapin::{Channel, Connection};
 
 use super::Link;
 use crate::transport::{Afhenter, Delivery, DeliveryHandle, PullConsumer};
@@ -31,7 +35,7 @@ impl AmqpAfhenter {
 #[async_trait]
 impl Afhenter for AmqpAfhenter {
     async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, String> {
-        let (conn, _) = self.link.connection().await?;
+        let (conn, generation) = self.link.connection().await?;
         let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
         channel
             .basic_qos(self.link.settings.prefetch, BasicQosOptions::default())
@@ -46,13 +50,25 @@ impl Afhenter for AmqpAfhenter {
             )
             .await
             .map_err(|e| format!("basic.consume on {queue}: {e}"))?;
-        Ok(Box::new(AmqpPull { channel, consumer }))
+        Ok(Box::new(AmqpPull {
+            channel,
+            consumer,
+            generation,
+            generations: self.link.generations(),
+            _connection: conn,
+        }))
     }
 }
 
 struct AmqpPull {
     channel: Channel,
     consumer: lapin::Consumer,
+    /// The connection generation the consumer runs on, and the link's current one.
+    generation: u64,
+    generations: tokio::sync::watch::Receiver<u64>,
+    /// Held until the consumer is dropped, so that the link closes a replaced connection
+    /// only after the consumer moved off it.
+    _connection: Arc<Connection>,
 }
 
 #[async_trait]
@@ -69,6 +85,17 @@ impl PullConsumer for AmqpPull {
             }
             None => None,
         }
+    }
+
+    fn moved(&self) -> BoxFuture<'static, ()> {
+        let mut generations = self.generations.clone();
+        let mine = self.generation;
+        Box::pin(async move {
+            if generations.wait_for(|g| *g > mine).await.is_err() {
+                // The link is gone: the consumer ends with its connection instead.
+                std::future::pending::<()>().await;
+            }
+        })
     }
 }
 

@@ -6,6 +6,12 @@
 //! mandatory with a fresh correlation id, the transaction id as `message_id` and the token
 //! in the `token` header, and waits for the reply whose correlation id matches, read as
 //! `message::parse_afsend_reply` reads it. A `basic.return` is "unroutable".
+//!
+//! When the channel or connection closes while attempts wait for their reply, they end at
+//! once as a connection error (not at the send timeout), so that `send.rs` retries them on a
+//! new connection. When the link replaces its connection (`max_connection_age`), the next
+//! attempt of each dueslag opens a channel on the new one, while attempts already waiting on
+//! the old channel keep it, and with it the old connection, until they end.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,7 +22,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel};
+use lapin::{BasicProperties, Channel, Connection};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -30,26 +36,52 @@ use crate::transport::{Afsender, AttemptError, Outgoing};
 /// How long a 41 waits for the token source to produce a new token.
 const RENEW_WAIT: Duration = Duration::from_secs(30);
 
-type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Bytes>>>>;
+/// The attempts of one channel waiting for their reply, by correlation id.
+#[derive(Default)]
+struct Waiting {
+    /// The reply consumer ended (channel or connection closed): nothing will be answered.
+    closed: bool,
+    by_correlation: HashMap<String, oneshot::Sender<Bytes>>,
+}
+
+type Pending = Arc<Mutex<Waiting>>;
 
 /// A dueslag's afsend channel with its reply-to consumer.
 struct SendChannel {
     channel: Channel,
     generation: u64,
     pending: Pending,
+    /// Held while an attempt may use the channel, so that the link closes a replaced
+    /// connection only once no attempt waits on it.
+    _connection: Arc<Connection>,
+}
+
+impl SendChannel {
+    fn usable(&self, generation: u64) -> bool {
+        self.generation == generation
+            && self.channel.status().connected()
+            && !self.pending.lock().unwrap().closed
+    }
+}
+
+/// The channels of the current connection's generation, by dueslag.
+#[derive(Default)]
+struct Channels {
+    generation: u64,
+    by_dueslag: HashMap<String, Arc<SendChannel>>,
 }
 
 /// Sends over the afsend link.
 pub struct AmqpAfsender {
     link: Arc<Link>,
-    channels: tokio::sync::Mutex<HashMap<String, Arc<SendChannel>>>,
+    channels: tokio::sync::Mutex<Channels>,
 }
 
 impl AmqpAfsender {
     pub fn new(link: Arc<Link>) -> Self {
         AmqpAfsender {
             link,
-            channels: tokio::sync::Mutex::new(HashMap::new()),
+            channels: tokio::sync::Mutex::default(),
         }
     }
 
@@ -60,9 +92,14 @@ impl AmqpAfsender {
             .await
             .map_err(AttemptError::Connection)?;
         let mut channels = self.channels.lock().await;
-        if let Some(c) = channels.get(dueslag)
-            && c.generation == generation
-            && c.channel.status().connected()
+        if channels.generation != generation {
+            // A new connection: forget the old one's channels, so that it is closed as soon
+            // as the attempts still waiting on it end.
+            channels.by_dueslag.clear();
+            channels.generation = generation;
+        }
+        if let Some(c) = channels.by_dueslag.get(dueslag)
+            && c.usable(generation)
         {
             return Ok(c.clone());
         }
@@ -96,24 +133,37 @@ impl AmqpAfsender {
                 else {
                     continue;
                 };
-                if let Some(tx) = p.lock().unwrap().remove(&corr) {
+                if let Some(tx) = p.lock().unwrap().by_correlation.remove(&corr) {
                     let _ = tx.send(Bytes::from(d.data));
                 }
             }
+            // Closed: every attempt still waiting learns it now (its sender is dropped).
+            let mut p = p.lock().unwrap();
+            p.closed = true;
+            p.by_correlation.clear();
         });
         let sc = Arc::new(SendChannel {
             channel,
             generation,
             pending,
+            _connection: conn,
         });
-        channels.insert(dueslag.to_string(), sc.clone());
+        channels.by_dueslag.insert(dueslag.to_string(), sc.clone());
         Ok(sc)
     }
 
-    async fn forget_channel(&self, dueslag: &str) {
-        if let Some(c) = self.channels.lock().await.remove(dueslag) {
-            let _ = c.channel.close(200, "reopening".into()).await;
+    /// Closes `sc` and forgets it, unless a newer channel took its place meanwhile.
+    async fn forget_channel(&self, dueslag: &str, sc: &Arc<SendChannel>) {
+        let mut channels = self.channels.lock().await;
+        if channels
+            .by_dueslag
+            .get(dueslag)
+            .is_some_and(|c| Arc::ptr_eq(c, sc))
+        {
+            channels.by_dueslag.remove(dueslag);
         }
+        drop(channels);
+        let _ = sc.channel.close(200, "reopening".into()).await;
     }
 }
 
@@ -128,7 +178,15 @@ impl Afsender for AmqpAfsender {
         let sc = self.channel(&msg.dueslag).await?;
         let corr = correlation_id.to_string();
         let (tx, rx) = oneshot::channel();
-        sc.pending.lock().unwrap().insert(corr.clone(), tx);
+        {
+            let mut waiting = sc.pending.lock().unwrap();
+            if waiting.closed {
+                return Err(AttemptError::Connection(
+                    "the channel closed before the publish".into(),
+                ));
+            }
+            waiting.by_correlation.insert(corr.clone(), tx);
+        }
         let mut headers = FieldTable::default();
         if let Some(token) = self.link.token() {
             headers.insert(TOKEN_HEADER.into(), AMQPValue::LongString(token.into()));
@@ -173,20 +231,20 @@ impl Afsender for AmqpAfsender {
                         Ok(Ok(body)) => {
                             parse_afsend_reply(&body).map_err(AttemptError::InvalidReply)
                         }
-                        Ok(Err(_)) => {
-                            Err(AttemptError::Connection("the reply channel closed".into()))
-                        }
+                        Ok(Err(_)) => Err(AttemptError::Connection(
+                            "the channel closed while waiting for the StandardRetur".into(),
+                        )),
                         Err(_) => Err(AttemptError::Timeout),
                     }
                 }
             }
         };
-        sc.pending.lock().unwrap().remove(&corr);
+        sc.pending.lock().unwrap().by_correlation.remove(&corr);
         match &result {
             // A missing reply: the next attempt gets a fresh channel (and reply consumer).
-            Err(AttemptError::Timeout) => self.forget_channel(&msg.dueslag).await,
+            Err(AttemptError::Timeout) => self.forget_channel(&msg.dueslag, &sc).await,
             Err(AttemptError::Connection(_)) => {
-                self.forget_channel(&msg.dueslag).await;
+                self.forget_channel(&msg.dueslag, &sc).await;
                 if !sc.channel.status().connected() {
                     // Let the link notice a dead connection on the next use.
                     let _ = self.link.connection().await;
@@ -204,7 +262,7 @@ impl Afsender for AmqpAfsender {
                 .map_err(|e| e.to_string())?;
         }
         self.link.reset().await;
-        self.channels.lock().await.clear();
+        self.channels.lock().await.by_dueslag.clear();
         Ok(())
     }
 }

@@ -6,11 +6,21 @@
 //! connects), and is reset when a token is renewed, because the EXTERNAL response is only
 //! read at connect. It reports each change of state as a [`LinkEvent`] instead of touching
 //! metrics itself, so that the transport stays I/O and the caller decides what a state means.
+//!
+//! **Connection age** (`[broker] max_connection_age`, ARCHITECTURE.md §2): the Beskedfordeler
+//! ends a connection after the 3600 s its connection authoriser granted. So that no probe
+//! sees that cut, the link replaces a connection before it is that old, make before break:
+//! it opens the next connection while the old one keeps serving, then hands the new one out.
+//! New Afsend attempts and pull consumers go to the new connection (consumers learn of it
+//! through [`Link::generations`]); the old one is *retired*: it stays open while anyone
+//! still holds it (an attempt waiting for its StandardRetur, a consumer not yet moved) and
+//! is closed once nobody does, or after [`RETIRE_LIMIT`] at the latest.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use lapin::Connection;
+use lapin::{Connection, ConnectionProperties};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -19,6 +29,19 @@ use super::connect::{self as sasl, AuthChoice};
 use crate::backoff::Backoff;
 use crate::protocol::Service;
 
+/// How often [`Link::watch`] checks the connection: that it is up, its age, retired ones.
+pub const CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// The longest a replaced connection stays open for attempts still waiting on it. An
+/// attempt cut by this is retried on the new connection (`send.rs`).
+pub const RETIRE_LIMIT: Duration = Duration::from_secs(60);
+
+/// The `connection_name` client property of a service's connections, so that a broker
+/// operator (or a test, or the emulator) can tell them apart.
+pub fn connection_name(service: Service) -> String {
+    format!("bfo-alive-exporter {}", service.as_str())
+}
+
 /// A change of a link's state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LinkEvent {
@@ -26,6 +49,12 @@ pub enum LinkEvent {
     Up,
     /// There is no connection now.
     Down(DownReason),
+    /// The connection reached `max_connection_age` and a new one replaced it; the link
+    /// stayed up. `age` is how old the replaced connection was.
+    Rotated { age: Duration },
+    /// Opening the replacement failed; the old connection keeps serving, and no new
+    /// replacement is tried before `retry_in`.
+    RotationFailed { error: String, retry_in: Duration },
 }
 
 /// Why a link is down.
@@ -42,12 +71,23 @@ pub enum DownReason {
 /// Receives every [`LinkEvent`] of every link, with the link's service.
 pub type LinkEvents = Arc<dyn Fn(Service, &LinkEvent) + Send + Sync>;
 
+/// A replaced connection, open until nobody uses it.
+struct Retired {
+    conn: Arc<Connection>,
+    since: Instant,
+}
+
 struct LinkState {
     conn: Option<Arc<Connection>>,
+    /// When `conn` was opened.
+    opened_at: Instant,
     /// Bumped at every new connection; channels remember the one they were made on.
     generation: u64,
     retry_at: Option<Instant>,
+    /// After a failed replacement, none is tried before this.
+    rotate_at: Option<Instant>,
     backoff: Backoff,
+    retired: Vec<Retired>,
 }
 
 /// One service's connection.
@@ -55,6 +95,8 @@ pub struct Link {
     service: Service,
     pub(super) settings: Settings,
     state: tokio::sync::Mutex<LinkState>,
+    /// The current generation, for consumers waiting to move to a newer connection.
+    generations: watch::Sender<u64>,
 }
 
 impl Link {
@@ -65,15 +107,49 @@ impl Link {
             settings,
             state: tokio::sync::Mutex::new(LinkState {
                 conn: None,
+                opened_at: Instant::now(),
                 generation: 0,
                 retry_at: None,
+                rotate_at: None,
                 backoff: Backoff::reconnect(),
+                retired: Vec::new(),
             }),
+            generations: watch::Sender::new(0),
         })
     }
 
     fn report(&self, event: LinkEvent) {
         (self.settings.events)(self.service, &event);
+    }
+
+    /// Opens one connection with this link's authentication and name.
+    async fn open(&self) -> lapin::Result<Connection> {
+        let auth = match (&self.settings.tokens, self.settings.external) {
+            (Some(m), true) => AuthChoice::External(m.slot(self.service)),
+            _ => AuthChoice::Plain,
+        };
+        let properties = ConnectionProperties::default()
+            .with_connection_name(connection_name(self.service).into());
+        sasl::connect_with_properties(
+            &self.settings.url,
+            self.settings.tls.clone(),
+            auth,
+            properties,
+        )
+        .await
+    }
+
+    /// Makes `conn` the current connection.
+    fn install(&self, st: &mut LinkState, conn: Connection) -> Arc<Connection> {
+        let conn = Arc::new(conn);
+        st.conn = Some(conn.clone());
+        st.opened_at = Instant::now();
+        st.generation += 1;
+        st.retry_at = None;
+        st.rotate_at = None;
+        st.backoff.reset();
+        self.generations.send_replace(st.generation);
+        conn
     }
 
     /// The open connection and its generation, connecting if needed.
@@ -95,17 +171,9 @@ impl Link {
                 at - Instant::now()
             ));
         }
-        let auth = match (&self.settings.tokens, self.settings.external) {
-            (Some(m), true) => AuthChoice::External(m.slot(self.service)),
-            _ => AuthChoice::Plain,
-        };
-        match sasl::connect(&self.settings.url, self.settings.tls.clone(), auth).await {
+        match self.open().await {
             Ok(c) => {
-                let c = Arc::new(c);
-                st.conn = Some(c.clone());
-                st.generation += 1;
-                st.retry_at = None;
-                st.backoff.reset();
+                let c = self.install(&mut st, c);
                 self.report(LinkEvent::Up);
                 Ok((c, st.generation))
             }
@@ -121,6 +189,84 @@ impl Link {
         }
     }
 
+    /// The generation of the current connection, changing whenever a new one is installed
+    /// (after a loss, a reset or a replacement at `max_connection_age`).
+    pub fn generations(&self) -> watch::Receiver<u64> {
+        self.generations.subscribe()
+    }
+
+    /// Replaces the connection when it is within one check of `max_connection_age`, so the
+    /// new one is open before that age: make before break (module doc).
+    async fn rotate_if_old(&self) {
+        let Some(max_age) = self.settings.max_connection_age else {
+            return;
+        };
+        let generation = {
+            let st = self.state.lock().await;
+            match &st.conn {
+                Some(c) if c.status().connected() => {}
+                _ => return,
+            }
+            if st.opened_at.elapsed() + CHECK_EVERY < max_age
+                || st.rotate_at.is_some_and(|at| Instant::now() < at)
+            {
+                return;
+            }
+            st.generation
+        };
+        // Opened without holding the state: the old connection serves meanwhile.
+        let made = self.open().await;
+        let mut st = self.state.lock().await;
+        match made {
+            // Lost and reconnected meanwhile: the fresh connection stays, this one is not
+            // needed.
+            Ok(c) if st.generation != generation => {
+                tokio::spawn(async move {
+                    let _ = c.close(200, "not needed".into()).await;
+                });
+            }
+            Ok(c) => {
+                let age = st.opened_at.elapsed();
+                if let Some(old) = st.conn.take() {
+                    st.retired.push(Retired {
+                        conn: old,
+                        since: Instant::now(),
+                    });
+                }
+                self.install(&mut st, c);
+                self.report(LinkEvent::Rotated { age });
+            }
+            Err(e) => {
+                let retry_in = st.backoff.next_delay();
+                st.rotate_at = Some(Instant::now() + retry_in);
+                self.report(LinkEvent::RotationFailed {
+                    error: e.to_string(),
+                    retry_in,
+                });
+            }
+        }
+    }
+
+    /// Closes the retired connections that nobody holds any more, that were closed
+    /// already, or that reached [`RETIRE_LIMIT`].
+    async fn close_retired(&self, all: bool) {
+        let done: Vec<Retired> = {
+            let mut st = self.state.lock().await;
+            let (done, keep) = std::mem::take(&mut st.retired).into_iter().partition(|r| {
+                all || Arc::strong_count(&r.conn) == 1
+                    || !r.conn.status().connected()
+                    || r.since.elapsed() >= RETIRE_LIMIT
+            });
+            st.retired = keep;
+            done
+        };
+        for r in done {
+            if r.conn.status().connected() {
+                let _ = r.conn.close(200, "replaced".into()).await;
+            }
+        }
+    }
+
     /// Drops the connection so that the next use connects again (at once).
     pub async fn reset(&self) {
         let mut st = self.state.lock().await;
@@ -132,21 +278,25 @@ impl Link {
     }
 
     /// Keeps the connection (and so its events) current while nobody sends: checks once a
-    /// second and reconnects with backoff.
+    /// second, reconnects with backoff, replaces it at `max_connection_age` and closes
+    /// retired ones.
     pub async fn watch(self: Arc<Self>, stop: CancellationToken) {
         loop {
             let _ = self.connection().await;
+            self.rotate_if_old().await;
+            self.close_retired(false).await;
             tokio::select! {
                 _ = stop.cancelled() => break,
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = tokio::time::sleep(CHECK_EVERY) => {}
             }
         }
         self.close().await;
     }
 
-    /// Closes the connection for good.
+    /// Closes the connection, and any retired one, for good.
     pub async fn close(&self) {
         self.reset().await;
+        self.close_retired(true).await;
     }
 
     /// The current token's XML for the `token` header, if tokens are in use.
@@ -174,6 +324,7 @@ mod tests {
             tokens: None,
             external: false,
             prefetch: 1,
+            max_connection_age: None,
             events: Arc::new(move |service, event| {
                 s.lock().unwrap().push((service, event.clone()))
             }),

@@ -5,9 +5,11 @@
 //!
 //! - [`connect`]: opening one AMQP connection (TLS, SASL PLAIN or EXTERNAL with the token).
 //! - `link`: one service's connection over time: connect on demand with backoff, reset on
-//!   token renewal or failure, and report up and down as [`LinkEvent`]s.
+//!   token renewal or failure, replace it before `max_connection_age` (make before break),
+//!   and report up, down and replaced as [`LinkEvent`]s.
 //! - `afsend`: publish with a confirm and wait for the StandardRetur by direct reply-to.
-//! - `afhent`: pull consumers on dueslag queues and the handles that settle deliveries.
+//! - `afhent`: pull consumers on dueslag queues, moved to a replacing connection, and the
+//!   handles that settle deliveries.
 //!
 //! The transport does I/O only: what its link state means for metrics and logs is decided
 //! by whoever builds it ([`crate::backend`]), through [`Settings::events`].
@@ -21,6 +23,7 @@ mod link;
 mod broker_tests;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::token::TokenManager;
 
@@ -38,6 +41,9 @@ pub struct Settings {
     /// Tokens are sent in the `token` header even with PLAIN when a manager exists.
     pub external: bool,
     pub prefetch: u16,
+    /// Replace a connection before it is this old (`[broker] max_connection_age`); `None`
+    /// keeps it until the broker or the network ends it.
+    pub max_connection_age: Option<Duration>,
     /// Told every change of a link's state.
     pub events: LinkEvents,
 }
