@@ -1,0 +1,634 @@
+//! Configuration: the TOML file of ARCHITECTURE.md §6, parsed, defaulted and validated in one place.
+//!
+//! Unknown keys are errors; every error names the file and the key. Secrets (passwords in
+//! the broker URL) never print: `Debug` masks them. Loading resolves what the file leaves
+//! out (the `[broker] environment` preset, the default virtual host) once, so the rest of
+//! the code reads plain values; [`Config::resolved`] says what was filled in.
+//! [`Config::dueslag_specs`] resolves each `[[dueslag]]` against `[defaults]` into the value
+//! the supervisor diffs on reload, and [`Config::backend_part`] names what forces a backend
+//! rebuild.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::message::ReplyShape;
+use crate::protocol::{self, Service, environment::Preset};
+
+mod resolve;
+mod validate;
+
+/// A configuration problem, naming the file (or `<embedded demo>`) and the key.
+#[derive(Debug, Error)]
+#[error("{file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+/// The error for a file without `[broker]`: there is no default backend.
+pub const NO_BACKEND: &str = "broker: no backend chosen. Add [broker] with backend = \"amqp\" and url = \"amqps://...\" to probe a Beskedfordeler (or any RabbitMQ), or backend = \"sim\" for the embedded simulator, which probes nothing real (`bfo-alive-exporter demo` runs it with example dueslag)";
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub exporter: ExporterConfig,
+    pub identity: IdentityConfig,
+    pub broker: Option<BrokerConfig>,
+    pub token: Option<TokenConfig>,
+    #[serde(default)]
+    pub push: PushConfig,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub dueslag: Vec<DueslagConfig>,
+    #[serde(default)]
+    pub sim: SimConfig,
+    /// What loading filled in that the file did not say, in order.
+    #[serde(skip)]
+    pub resolved: Vec<Resolved>,
+}
+
+/// A value the file did not spell out, filled in at load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resolved {
+    /// The key, e.g. `broker.url`.
+    pub key: &'static str,
+    /// The value; a broker URL with its password masked.
+    pub value: String,
+    /// Where it came from, in words.
+    pub from: String,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ExporterConfig {
+    /// Goes into every Alive payload; default: the host name.
+    pub instance: Option<String>,
+    /// Upper bounds (seconds) of the round-trip histogram buckets.
+    #[serde(default = "default_buckets")]
+    pub roundtrip_buckets: Vec<f64>,
+    /// Enables `GET /probe` (it sends real messages).
+    #[serde(default)]
+    pub probe_endpoint: bool,
+}
+
+impl Default for ExporterConfig {
+    fn default() -> Self {
+        ExporterConfig {
+            instance: None,
+            roundtrip_buckets: default_buckets(),
+            probe_endpoint: false,
+        }
+    }
+}
+
+/// 10 ms to 5 min, roughly ×2.5 per step.
+pub fn default_buckets() -> Vec<f64> {
+    vec![
+        0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+    ]
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    /// The sending anvendersystem's UUID (BeskedAnsvarligAktoer).
+    pub anvendersystem: Uuid,
+    /// The authority's CVR number, 8 digits.
+    pub cvr: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    Amqp,
+    Sim,
+}
+
+/// KOMBIT's environments, as `[broker] environment` presets them (ARCHITECTURE.md §6); the
+/// values are in [`protocol::environment`].
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    Eksterntest,
+    Produktion,
+}
+
+impl Environment {
+    pub fn preset(self) -> &'static Preset {
+        match self {
+            Environment::Eksterntest => &protocol::environment::EKSTERNTEST,
+            Environment::Produktion => &protocol::environment::PRODUKTION,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthKind {
+    External,
+    Plain,
+}
+
+/// An AMQP URL whose password never prints.
+#[derive(Clone, Deserialize, PartialEq)]
+#[serde(transparent)]
+pub struct BrokerUrl(pub String);
+
+impl fmt::Debug for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&mask_url(&self.0))
+    }
+}
+
+/// The URL with any password replaced by `***`.
+pub fn mask_url(raw: &str) -> String {
+    match url::Url::parse(raw) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        Ok(u) => u.to_string(),
+        Err(_) => "<unparseable url>".to_string(),
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    pub backend: BackendKind,
+    /// Fills `url`, `token.sts_url` and the entity ids that the file leaves out.
+    pub environment: Option<Environment>,
+    pub url: Option<BrokerUrl>,
+    #[serde(default = "default_auth")]
+    pub auth: AuthKind,
+    pub tls: Option<BrokerTls>,
+    /// Messages a pull consumer may hold unacknowledged (prefetch).
+    #[serde(default = "default_prefetch")]
+    pub prefetch: u16,
+    /// Replace each connection by a new one before it is this old (make before break), as
+    /// the Beskedfordeler ends connections after an hour; `0s` never replaces one.
+    #[serde(with = "humantime_serde", default = "default_max_connection_age")]
+    pub max_connection_age: Duration,
+}
+
+fn default_max_connection_age() -> Duration {
+    Duration::from_secs(protocol::DEFAULT_MAX_CONNECTION_AGE_SECS)
+}
+
+fn default_auth() -> AuthKind {
+    AuthKind::External
+}
+
+fn default_prefetch() -> u16 {
+    20
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerTls {
+    pub ca_file: Option<PathBuf>,
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub pkcs12_file: Option<PathBuf>,
+    pub pkcs12_password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenSourceKind {
+    Sts,
+    File,
+    None,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub source: TokenSourceKind,
+    pub sts_url: Option<String>,
+    pub afsend_entity_id: Option<String>,
+    pub afhent_entity_id: Option<String>,
+    pub file: Option<PathBuf>,
+    /// CA for the STS's server certificate; default: the system roots. The client
+    /// certificate is the one of `[broker.tls]`.
+    pub sts_ca_file: Option<PathBuf>,
+    /// Renew when this share of the token's lifetime has passed.
+    #[serde(default = "default_renew_at")]
+    pub renew_at: f64,
+}
+
+fn default_renew_at() -> f64 {
+    0.8
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PushConfig {
+    /// Own address for the push endpoint; default: the main listener.
+    pub listen: Option<String>,
+    #[serde(default = "default_max_body")]
+    pub max_body: bytesize::ByteSize,
+    pub tls: Option<PushTls>,
+}
+
+impl Default for PushConfig {
+    fn default() -> Self {
+        PushConfig {
+            listen: None,
+            max_body: default_max_body(),
+            tls: None,
+        }
+    }
+}
+
+fn default_max_body() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(1)
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PushTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    #[serde(with = "humantime_serde", default = "default_interval")]
+    pub interval: Duration,
+    #[serde(with = "humantime_serde", default = "default_timeout")]
+    pub timeout: Duration,
+    /// Wait for the StandardRetur of one Afsend attempt.
+    #[serde(with = "humantime_serde", default = "default_send_timeout")]
+    pub send_timeout: Duration,
+    #[serde(default = "default_send_attempts")]
+    pub send_attempts: u32,
+    /// Share of the interval added or taken at random, 0..0.5.
+    #[serde(default = "default_jitter")]
+    pub jitter: f64,
+    /// Probes in flight per dueslag at most; the oldest is timed out to make room.
+    #[serde(default = "default_max_inflight")]
+    pub max_inflight: usize,
+    /// Unacknowledged non-Alive messages held in a pull dueslag before it stops consuming.
+    #[serde(default = "default_max_held")]
+    pub max_held: usize,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            interval: default_interval(),
+            timeout: default_timeout(),
+            send_timeout: default_send_timeout(),
+            send_attempts: default_send_attempts(),
+            jitter: default_jitter(),
+            max_inflight: default_max_inflight(),
+            max_held: default_max_held(),
+        }
+    }
+}
+
+fn default_interval() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_timeout() -> Duration {
+    Duration::from_secs(120)
+}
+fn default_send_timeout() -> Duration {
+    Duration::from_secs(protocol::DEFAULT_SEND_TIMEOUT_SECS)
+}
+fn default_send_attempts() -> u32 {
+    protocol::DEFAULT_SEND_ATTEMPTS
+}
+fn default_jitter() -> f64 {
+    0.1
+}
+fn default_max_inflight() -> usize {
+    64
+}
+fn default_max_held() -> usize {
+    5
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Pull,
+    Push,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Pull => "pull",
+            Mode::Push => "push",
+        }
+    }
+}
+
+/// What a pull dueslag does with a message that is not an Alive message (ARCHITECTURE.md §4).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Unexpected {
+    /// Keep it unacknowledged; it returns to the queue when the channel closes.
+    #[default]
+    Hold,
+    /// `basic.nack(requeue=false)`: the broker dead-letters it to the dueslag's error queue.
+    ErrorQueue,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct DueslagConfig {
+    pub name: String,
+    pub mode: Mode,
+    pub queue: Option<String>,
+    #[serde(with = "humantime_serde", default)]
+    pub interval: Option<Duration>,
+    #[serde(with = "humantime_serde", default)]
+    pub timeout: Option<Duration>,
+    pub unexpected: Option<Unexpected>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SimConfig {
+    /// Where the simulator POSTs push deliveries: `{push_base}/push/{name}`, as the
+    /// Beskedfordeler POSTs to the URL registered for a dueslag. Default: this exporter's
+    /// own push listener. Set it to reach the exporter through a proxy in between.
+    pub push_base: Option<String>,
+    #[serde(default)]
+    pub faults: BTreeMap<String, Faults>,
+}
+
+/// An outage window, relative to the start of the simulator.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Outage {
+    #[serde(with = "humantime_serde")]
+    pub start: Duration,
+    #[serde(with = "humantime_serde")]
+    pub length: Duration,
+}
+
+/// Fault injection for one dueslag of the simulator (or the emulator).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Faults {
+    #[serde(with = "humantime_serde", default)]
+    pub delay: Duration,
+    #[serde(with = "humantime_serde", default)]
+    pub jitter: Duration,
+    #[serde(default)]
+    pub loss: f64,
+    #[serde(default)]
+    pub duplicate: f64,
+    #[serde(default)]
+    pub reorder: f64,
+    #[serde(default)]
+    pub reject: f64,
+    #[serde(default = "default_reject_code")]
+    pub reject_code: i32,
+    /// The first this many Afsend calls are answered with `reject_code` (e.g. 41 once).
+    #[serde(default)]
+    pub reject_first: u32,
+    /// Share of Afsend calls never answered (the sender times out).
+    #[serde(default)]
+    pub no_reply: f64,
+    /// Share of Afsend calls returned as unroutable.
+    #[serde(default)]
+    pub unroutable: f64,
+    /// Every StandardRetur comes this late (a slow Afsend); the sender times out when it
+    /// exceeds `send_timeout`.
+    #[serde(with = "humantime_serde", default)]
+    pub reply_delay: Duration,
+    #[serde(with = "humantime_serde", default)]
+    pub business_every: Duration,
+    /// Inject an Alive message of another exporter instance this often; 0s = never.
+    #[serde(with = "humantime_serde", default)]
+    pub foreign_every: Duration,
+    #[serde(default)]
+    pub outages: Vec<Outage>,
+    /// How Afsend replies are written: "standard-retur" (default), "afsend-besked-output",
+    /// "other-root" (all three read by the exporter), or "garbage" (`invalid_reply`).
+    #[serde(default)]
+    pub reply_shape: ReplyShape,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Faults {
+            delay: Duration::ZERO,
+            jitter: Duration::ZERO,
+            loss: 0.0,
+            duplicate: 0.0,
+            reorder: 0.0,
+            reject: 0.0,
+            reject_code: default_reject_code(),
+            reject_first: 0,
+            no_reply: 0.0,
+            unroutable: 0.0,
+            reply_delay: Duration::ZERO,
+            business_every: Duration::ZERO,
+            foreign_every: Duration::ZERO,
+            outages: Vec::new(),
+            reply_shape: ReplyShape::default(),
+        }
+    }
+}
+
+fn default_reject_code() -> i32 {
+    protocol::status::TOKEN_EXPIRED
+}
+
+/// One dueslag with every default resolved: what a probe loop runs on, and what
+/// reload compares to decide whether the loop restarts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DueslagSpec {
+    pub name: String,
+    pub mode: Mode,
+    pub queue: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub send_timeout: Duration,
+    pub send_attempts: u32,
+    pub jitter: f64,
+    pub max_inflight: usize,
+    pub max_held: usize,
+    pub unexpected: Unexpected,
+}
+
+impl BrokerConfig {
+    /// `max_connection_age` as the transport takes it: `None` for `0s` (never replace).
+    pub fn connection_age_limit(&self) -> Option<Duration> {
+        Some(self.max_connection_age).filter(|d| !d.is_zero())
+    }
+
+    /// True when `max_connection_age` is not under the hour the Beskedfordeler grants a
+    /// connection, so that the broker ends connections first (probes then see a reconnect
+    /// and a retry instead of a replacement): worth a warning, not an error.
+    pub fn exceeds_broker_limit(&self) -> bool {
+        self.connection_age_limit()
+            .is_some_and(|d| d >= Duration::from_secs(protocol::CONNECTION_LIFETIME_SECS))
+    }
+
+    /// The client TLS files of `[broker.tls]` (none: the system roots, no certificate).
+    pub fn tls_files(&self) -> crate::tls::ClientTlsFiles {
+        self.tls.as_ref().map(BrokerTls::files).unwrap_or_default()
+    }
+}
+
+impl BrokerTls {
+    /// The files as the TLS module takes them.
+    pub fn files(&self) -> crate::tls::ClientTlsFiles {
+        crate::tls::ClientTlsFiles {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            pkcs12_file: self.pkcs12_file.clone(),
+            pkcs12_password_file: self.pkcs12_password_file.clone(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, &file)
+    }
+
+    /// Parses and validates TOML text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
+        let err = |message: String| ConfigError {
+            file: file.to_string(),
+            message,
+        };
+        let mut config: Config =
+            toml::from_str(text).map_err(|e| err(describe_toml_error(&e, text)))?;
+        config.resolve().map_err(err)?;
+        config.validate().map_err(err)?;
+        Ok(config)
+    }
+
+    /// The backend `[broker] backend` names. Validation refuses a configuration without
+    /// one, so that nobody runs the simulator by forgetting a table.
+    pub fn backend(&self) -> BackendKind {
+        self.broker.as_ref().map_or(BackendKind::Sim, |b| b.backend)
+    }
+
+    /// The instance id written into every payload.
+    pub fn instance(&self) -> String {
+        self.exporter.instance.clone().unwrap_or_else(|| {
+            hostname::get()
+                .ok()
+                .and_then(|h| h.into_string().ok())
+                .unwrap_or_else(|| "bfo-alive-exporter".to_string())
+        })
+    }
+
+    /// Every dueslag with its defaults resolved.
+    pub fn dueslag_specs(&self) -> Vec<DueslagSpec> {
+        let d = &self.defaults;
+        self.dueslag
+            .iter()
+            .map(|ds| DueslagSpec {
+                name: ds.name.clone(),
+                mode: ds.mode,
+                queue: ds.queue.clone(),
+                interval: ds.interval.unwrap_or(d.interval),
+                timeout: ds.timeout.unwrap_or(d.timeout),
+                send_timeout: d.send_timeout,
+                send_attempts: d.send_attempts,
+                jitter: d.jitter,
+                max_inflight: d.max_inflight,
+                max_held: d.max_held,
+                unexpected: ds.unexpected.unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// What the transports are built from: when this differs on reload, the backend is
+    /// rebuilt and every loop restarts on it. Everything else applies without touching the
+    /// backend: `[defaults]` and `[[dueslag]]` restart only the dueslag they change,
+    /// `[exporter] instance` restarts the loops (it is in every payload),
+    /// `[exporter] probe_endpoint` applies at once, and `[sim.faults]` goes to the running
+    /// simulator.
+    /// The set of [`Config::services`] is part of it: a reload that adds the first pull
+    /// dueslag needs the afhent connection and token that a push-only backend never made.
+    pub fn backend_part(&self) -> BackendPart<'_> {
+        BackendPart {
+            broker: self.broker.as_ref(),
+            token: self.token.as_ref(),
+            identity: &self.identity,
+            push: &self.push,
+            services: self.services(),
+        }
+    }
+
+    /// The Beskedfordeler services this configuration uses, each with its connection and
+    /// token: afsend always (every probe sends), afhent only with a pull dueslag (the BFO
+    /// POSTs push deliveries; they need neither).
+    pub fn services(&self) -> Vec<Service> {
+        let pull = self.dueslag.iter().any(|d| d.mode == Mode::Pull);
+        Service::ALL
+            .into_iter()
+            .filter(|s| *s == Service::Afsend || pull)
+            .collect()
+    }
+}
+
+/// See [`Config::backend_part`].
+#[derive(Debug, PartialEq)]
+pub struct BackendPart<'a> {
+    pub broker: Option<&'a BrokerConfig>,
+    pub token: Option<&'a TokenConfig>,
+    pub identity: &'a IdentityConfig,
+    pub push: &'a PushConfig,
+    pub services: Vec<Service>,
+}
+
+/// Turns a toml error into one line naming the line and the key it is about.
+fn describe_toml_error(e: &toml::de::Error, text: &str) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    let Some(span) = e.span() else { return msg };
+    let start = span.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("").trim();
+    // The table this line is in: the last [header] or [[header]] above it.
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let key = line
+        .split_once('=')
+        .map(|(k, _)| k.trim().trim_matches('"').to_string());
+    let path = match (table, key) {
+        (Some(t), Some(k)) if !line.starts_with('[') => format!("{t}.{k}"),
+        (None, Some(k)) => k,
+        (Some(t), _) => t,
+        (None, None) => line.to_string(),
+    };
+    format!("line {line_no}, key {path}: {msg}")
+}
+
+#[cfg(test)]
+pub(crate) mod tests;

@@ -1,0 +1,244 @@
+//! Validation of a parsed, resolved configuration: every rule of ARCHITECTURE.md §6, each
+//! error naming its key, so that a bad file is refused at load (and at reload keeps the old
+//! configuration) instead of failing later at run time.
+
+use super::*;
+
+impl Config {
+    pub(super) fn validate(&self) -> Result<(), String> {
+        if self.broker.is_none() {
+            return Err(NO_BACKEND.into());
+        }
+        let cvr = &self.identity.cvr;
+        if cvr.len() != 8 || !cvr.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(format!(
+                "identity.cvr: {cvr:?} is not an 8-digit CVR number"
+            ));
+        }
+        let b = &self.exporter.roundtrip_buckets;
+        if b.is_empty()
+            || b.windows(2).any(|w| w[0] >= w[1])
+            || b.iter().any(|v| !v.is_finite() || *v <= 0.0)
+        {
+            return Err(
+                "exporter.roundtrip_buckets: must be positive, finite and strictly increasing"
+                    .into(),
+            );
+        }
+        if let Some(broker) = &self.broker {
+            if broker.backend == BackendKind::Amqp {
+                let url = broker.url.as_ref().ok_or_else(|| match broker.environment {
+                    Some(env) => format!(
+                        "broker.url: required with environment = {:?}: {}; e.g. url = \"amqps://HOST:{}/{}\"",
+                        env.preset().name,
+                        env.preset().unknown_because,
+                        protocol::AMQPS_PORT,
+                        protocol::VHOST
+                    ),
+                    None => "broker.url: required with backend = \"amqp\"".into(),
+                })?;
+                let parsed = url::Url::parse(&url.0)
+                    .map_err(|e| format!("broker.url: {} ({e})", mask_url(&url.0)))?;
+                if !matches!(parsed.scheme(), "amqp" | "amqps") {
+                    return Err(format!(
+                        "broker.url: scheme must be amqp or amqps, not {:?}",
+                        parsed.scheme()
+                    ));
+                }
+                if parsed.scheme() == "amqp" && parsed.port() == Some(protocol::AMQPS_PORT) {
+                    let mut tls = parsed.clone();
+                    let _ = tls.set_scheme("amqps");
+                    return Err(format!(
+                        "broker.url: {} speaks plain AMQP to port {}, the TLS port; use {}",
+                        mask_url(&url.0),
+                        protocol::AMQPS_PORT,
+                        mask_url(tls.as_str())
+                    ));
+                }
+                let has_certificate = broker
+                    .tls
+                    .as_ref()
+                    .is_some_and(|t| t.cert_file.is_some() || t.pkcs12_file.is_some());
+                if parsed.scheme() == "amqps"
+                    && !has_certificate
+                    && self
+                        .token
+                        .as_ref()
+                        .is_some_and(|t| t.source == TokenSourceKind::File)
+                {
+                    return Err("broker.tls: token.source = \"file\" over amqps:// needs the system certificate (broker.tls.cert_file and key_file, or pkcs12_file): KOMBIT's broker checks the token and the certificate together".into());
+                }
+                if broker.auth == AuthKind::External {
+                    match &self.token {
+                        None => {
+                            return Err("token: required with broker.auth = \"external\"".into());
+                        }
+                        Some(t) if t.source == TokenSourceKind::None => return Err(
+                            "token.source: \"none\" cannot be used with broker.auth = \"external\""
+                                .into(),
+                        ),
+                        _ => {}
+                    }
+                }
+            }
+            if broker.prefetch == 0 {
+                return Err("broker.prefetch: must be at least 1".into());
+            }
+            let age = broker.max_connection_age;
+            if !age.is_zero() && age < Duration::from_secs(1) {
+                return Err(format!(
+                    "broker.max_connection_age: {} is below 1s; use 0s to never replace connections",
+                    humantime::format_duration(age)
+                ));
+            }
+            if let Some(tls) = &broker.tls {
+                if tls.cert_file.is_some() != tls.key_file.is_some() {
+                    return Err("broker.tls: cert_file and key_file go together".into());
+                }
+                if tls.pkcs12_file.is_some() && tls.cert_file.is_some() {
+                    return Err(
+                        "broker.tls: use either cert_file/key_file or pkcs12_file, not both".into(),
+                    );
+                }
+            }
+        }
+        if let Some(t) = &self.token {
+            match t.source {
+                TokenSourceKind::Sts => {
+                    let environment = self.broker.as_ref().and_then(|b| b.environment);
+                    for (key, v) in [
+                        ("token.sts_url", &t.sts_url),
+                        ("token.afsend_entity_id", &t.afsend_entity_id),
+                        ("token.afhent_entity_id", &t.afhent_entity_id),
+                    ] {
+                        if v.is_some() {
+                            continue;
+                        }
+                        return Err(match environment {
+                            Some(env) => format!(
+                                "{key}: required with environment = {:?}: {}",
+                                env.preset().name,
+                                env.preset().unknown_because
+                            ),
+                            None => format!("{key}: required with token.source = \"sts\""),
+                        });
+                    }
+                    if let Some(u) = &t.sts_url {
+                        crate::token::sts_issue_url(u).map_err(|e| format!("token.{e}"))?;
+                    }
+                }
+                TokenSourceKind::File if t.file.is_none() => {
+                    return Err("token.file: required with token.source = \"file\"".into());
+                }
+                _ => {}
+            }
+            if !(t.renew_at > 0.0 && t.renew_at < 1.0) {
+                return Err("token.renew_at: must be between 0 and 1".into());
+            }
+        }
+        if self.push.tls.is_some() && self.push.listen.is_none() {
+            return Err("push.tls: needs push.listen (TLS applies to the push listener; /metrics stays plain)".into());
+        }
+        let d = &self.defaults;
+        for (key, v) in [
+            ("defaults.interval", d.interval),
+            ("defaults.timeout", d.timeout),
+            ("defaults.send_timeout", d.send_timeout),
+        ] {
+            if v.is_zero() {
+                return Err(format!("{key}: must be more than 0s"));
+            }
+        }
+        if d.send_attempts == 0 {
+            return Err("defaults.send_attempts: must be at least 1".into());
+        }
+        if !(0.0..=0.5).contains(&d.jitter) {
+            return Err("defaults.jitter: must be between 0 and 0.5".into());
+        }
+        if d.max_inflight == 0 {
+            return Err("defaults.max_inflight: must be at least 1".into());
+        }
+        if let Some(b) = &self.broker
+            && usize::from(b.prefetch) <= d.max_held
+        {
+            return Err(format!(
+                "broker.prefetch: must be larger than defaults.max_held ({}) so Alive messages keep flowing past held ones",
+                d.max_held
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, ds) in self.dueslag.iter().enumerate() {
+            let key = format!("dueslag[{i}]");
+            if ds.name.is_empty()
+                || !ds
+                    .name
+                    .bytes()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-')
+            {
+                return Err(format!("{key}.name: {:?} must match [a-z0-9_-]+", ds.name));
+            }
+            if !names.insert(ds.name.as_str()) {
+                return Err(format!("{key}.name: {:?} is configured twice", ds.name));
+            }
+            let key = format!("dueslag.{}", ds.name);
+            match ds.mode {
+                Mode::Pull if ds.queue.as_deref().is_none_or(str::is_empty) => {
+                    return Err(format!(
+                        "{key}.queue: required for a pull dueslag (the dueslag UUID)"
+                    ));
+                }
+                Mode::Push if ds.queue.is_some() => {
+                    return Err(format!("{key}.queue: only pull dueslag have a queue"));
+                }
+                Mode::Push if ds.unexpected.is_some() => {
+                    return Err(format!(
+                        "{key}.unexpected: only for pull dueslag; push answers non-20"
+                    ));
+                }
+                _ => {}
+            }
+            for (k, v) in [("interval", ds.interval), ("timeout", ds.timeout)] {
+                if v.is_some_and(|v| v.is_zero()) {
+                    return Err(format!("{key}.{k}: must be more than 0s"));
+                }
+            }
+        }
+        for (name, f) in &self.sim.faults {
+            let key = format!("sim.faults.{name}");
+            if !names.contains(name.as_str()) {
+                return Err(format!("{key}: no dueslag is named {name:?}"));
+            }
+            for (k, v) in [
+                ("loss", f.loss),
+                ("duplicate", f.duplicate),
+                ("reorder", f.reorder),
+                ("reject", f.reject),
+                ("no_reply", f.no_reply),
+                ("unroutable", f.unroutable),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    return Err(format!("{key}.{k}: {v} is not between 0 and 1"));
+                }
+            }
+            if f.reject_code == protocol::status::OK {
+                return Err(format!(
+                    "{key}.reject_code: 20 is acceptance, not a rejection"
+                ));
+            }
+        }
+        if !self.sim.faults.is_empty() && self.backend() != BackendKind::Sim {
+            return Err("sim.faults: only with [broker] backend = \"sim\"".into());
+        }
+        if let Some(base) = &self.sim.push_base {
+            if self.backend() != BackendKind::Sim {
+                return Err("sim.push_base: only with [broker] backend = \"sim\"".into());
+            }
+            if !(base.starts_with("http://") || base.starts_with("https://")) {
+                return Err(format!(
+                    "sim.push_base: {base:?} is not an http:// or https:// URL"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
