@@ -7,7 +7,8 @@
 # firing for the healthy ones.
 #
 # The rules are the shipped ones with short timings (scripts/ops/e2e_rules.py: every for:
-# 5s, no-success threshold 10 s); scrape and evaluation every second.
+# 5s; the no-success limit follows the exporter's 1 s interval and 3 s timeout, 16 s);
+# scrape and evaluation every second.
 #
 # Usage: scripts/ops/e2e.sh [EXPORTER_BINARY]
 #   default binary: $BFO_ALIVE_EXPORTER, else target/debug/bfo-alive-exporter
