@@ -269,24 +269,26 @@ impl Metrics {
             "1 when a pull dueslag stopped consuming because too many non-Alive messages are held.",
             m.consumer_paused.clone(),
         );
-        reg.register_with_unit(
-            "probe_interval",
-            "Configured time between two probes of the dueslag.",
-            Unit::Seconds,
-            m.probe_interval.clone(),
-        );
-        reg.register_with_unit(
-            "probe_timeout",
-            "Configured time a probe waits for its message before it times out.",
-            Unit::Seconds,
-            m.probe_timeout.clone(),
-        );
-        reg.register_with_unit(
-            "dueslag_started_timestamp",
-            "When the probe loop of the dueslag (re)started: at start, or a reload that added or changed it (Unix time).",
-            Unit::Seconds,
-            m.dueslag_started.clone(),
-        );
+        // What the no-success alert scales its limit by and counts from.
+        for (name, help, family) in [
+            (
+                "probe_interval",
+                "Configured time between two probes of the dueslag.",
+                &m.probe_interval,
+            ),
+            (
+                "probe_timeout",
+                "Configured time a probe waits for its message before it times out.",
+                &m.probe_timeout,
+            ),
+            (
+                "dueslag_started_timestamp",
+                "When the probe loop of the dueslag (re)started: at start, or a reload that added or changed it (Unix time).",
+                &m.dueslag_started,
+            ),
+        ] {
+            reg.register_with_unit(name, help, Unit::Seconds, family.clone());
+        }
         reg.register_with_unit(
             "certificate_expiry_timestamp",
             "When a certificate the exporter holds expires (notAfter, Unix time), by use: broker, sts (the client certificate of [broker.tls]), push (the push listener's).",

@@ -44,22 +44,7 @@ ops_start_alertmanager "$OPS_TMP/am" "$OPS_TMP/alertmanager.yml" || exit 1
 
 ops_start_exporter "$OPS_TMP/exporter.log" --config.file "$config" || exit 1
 
-cat >"$OPS_TMP/prometheus.yml" <<EOF
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - $OPS_TMP/rules.yml
-alerting:
-  alertmanagers:
-    - static_configs:
-        - targets: ["$AM_ADDR"]
-scrape_configs:
-  - job_name: bfo-alive
-    static_configs:
-      - targets: ["$EXPORTER_ADDR"]
-EOF
-promtool check config "$OPS_TMP/prometheus.yml" >/dev/null
+ops_prometheus_config "$OPS_TMP/prometheus.yml" "$OPS_TMP/rules.yml" "$AM_ADDR" "$EXPORTER_ADDR"
 ops_start_prometheus "$OPS_TMP/prom" "$OPS_TMP/prometheus.yml" || exit 1
 
 if ! python3 "$OPS_DIR/e2e_assert.py" --prometheus "$PROM_URL" --alertmanager "$AM_URL" \

@@ -59,22 +59,7 @@ python3 "$storm" history "$OPS_TMP/history.om" --job bfo-alive --dueslag "$DUESL
 mkdir -p "$OPS_TMP/prom/data"
 promtool tsdb create-blocks-from openmetrics -q "$OPS_TMP/history.om" "$OPS_TMP/prom/data" >/dev/null
 
-cat >"$OPS_TMP/prometheus.yml" <<EOF
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - $OPS_TMP/rules.yml
-alerting:
-  alertmanagers:
-    - static_configs:
-        - targets: ["$AM_ADDR"]
-scrape_configs:
-  - job_name: bfo-alive
-    static_configs:
-      - targets: ["$exporter"]
-EOF
-promtool check config "$OPS_TMP/prometheus.yml" >/dev/null
+ops_prometheus_config "$OPS_TMP/prometheus.yml" "$OPS_TMP/rules.yml" "$AM_ADDR" "$exporter"
 ops_start_prometheus "$OPS_TMP/prom" "$OPS_TMP/prometheus.yml" || exit 1
 
 query() { curl -fsS --max-time 5 "$PROM_URL/api/v1/query" --data-urlencode "query=$1"; }
