@@ -2,8 +2,9 @@
 // exporter and the value) and runbook_url; alerts/runbook.md has a section per alert.
 //
 // Three layers, which deploy/alertmanager/alertmanager.yml groups and inhibits by:
-//   - causes, per exporter (instance): exporter down, broker connection down, token renewal
-//     failing, many dueslag failing at once. They page once for everything they explain;
+//   - causes, per exporter (instance): exporter down, broker connection down, many dueslag
+//     failing at once (critical: one page for everything they explain), token renewal
+//     failing (a warning: it holds back only the failure-ratio alerts);
 //   - symptoms, per dueslag: no success, failure ratio, round trips, lost and duplicate
 //     messages, and the SLO burn (per job and dueslag);
 //   - set-up and inventory: reloads, certificates, shards, messages that are not Alive.

@@ -36,6 +36,10 @@
     // keep firing this long after their condition ends, so that the per-dueslag alerts they
     // explain (failure ratio over 15m, the short SLO windows) have cleared while Alertmanager
     // still inhibits them: the end of an outage sends one "resolved", not a second page.
+    // Keep it above your longest probe interval plus timeout: a dueslag still waiting for
+    // its first success after the outage would otherwise page when the cause resolves.
+    // (After outages of more than about 35 minutes the 6h/30m SLO pair can outlive it: the
+    // budget really was spent.)
     causeKeepFiringFor: '15m',
 
     // No successful round trip for longer than `multiple` × (interval + timeout) of the
