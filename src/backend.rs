@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use crate::config::{AuthKind, BackendKind, BrokerConfig, Config, DueslagSpec, TokenSourceKind};
-use crate::metrics::Metrics;
+use crate::metrics::{CertificateUse, Metrics};
 use crate::protocol::Service;
 use crate::sim::{self, LocalSink, Simulator};
 use crate::tls;
@@ -53,12 +53,44 @@ pub struct Factory {
 }
 
 impl Factory {
-    /// Builds the backend of `config`, and sets `bfo_alive_backend_info`.
+    /// Builds the backend of `config`, and sets `bfo_alive_backend_info` and the expiry of
+    /// the client certificate it holds.
     pub async fn build(&self, config: &Config, metrics: &Metrics) -> Result<Built, String> {
         let built = build(config, metrics, &self.push_base)?;
         metrics.set_backend(backend_name(built.kind));
+        for (use_, not_after) in client_certificate_expiry(config) {
+            metrics.set_certificate_expiry(use_, not_after);
+        }
         Ok(built)
     }
+}
+
+/// When the client certificate of `[broker.tls]` expires, for each use that holds it: the
+/// broker connection (backend `amqp` over `amqps:`) and the STS (token source `sts`, which
+/// authenticates with the same certificate). `None` for a use that holds no certificate.
+pub fn client_certificate_expiry(config: &Config) -> [(CertificateUse, Option<SystemTime>); 2] {
+    let broker = config
+        .broker
+        .as_ref()
+        .filter(|b| b.backend == BackendKind::Amqp);
+    let not_after = broker
+        .and_then(|b| {
+            tls::client_certificate_summary(&b.tls_files())
+                .ok()
+                .flatten()
+        })
+        .map(|s| s.not_after);
+    let amqps = broker
+        .and_then(|b| b.url.as_ref())
+        .is_some_and(|u| u.0.starts_with("amqps:"));
+    let sts = config
+        .token
+        .as_ref()
+        .is_some_and(|t| t.source == TokenSourceKind::Sts);
+    [
+        (CertificateUse::Broker, not_after.filter(|_| amqps)),
+        (CertificateUse::Sts, not_after.filter(|_| sts)),
+    ]
 }
 
 /// The label value of `bfo_alive_backend_info`, and how logs name the backend.
@@ -301,5 +333,67 @@ mod tests {
             stop.cancel();
             mgr.stopped().await;
         }
+    }
+
+    use crate::tls::testpki;
+
+    fn tls_config(pki: &testpki::Pki, url: &str, token: &str) -> Config {
+        let text = format!(
+            r#"
+[identity]
+anvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"
+cvr = "29189846"
+
+[broker]
+backend = "amqp"
+url = "{url}"
+[broker.tls]
+cert_file = "{cert}"
+key_file = "{key}"
+
+{token}
+"#,
+            cert = pki.client_cert.display(),
+            key = pki.client_key.display(),
+        );
+        Config::parse(&text, "test.toml").unwrap()
+    }
+
+    const STS: &str = r#"[token]
+source = "sts"
+sts_url = "https://sts.invalid/runtime"
+afsend_entity_id = "http://bfo.invalid/service/afsend/1"
+afhent_entity_id = "http://bfo.invalid/service/afhent/1""#;
+
+    #[test]
+    fn the_client_certificate_is_reported_for_each_use_that_holds_it() {
+        let pki = testpki::make();
+        let expiry = crate::tls::client_certificate_summary(&pki.client_files())
+            .unwrap()
+            .unwrap()
+            .not_after;
+        // One certificate, two uses: the AMQPS connection and the STS.
+        let both = client_certificate_expiry(&tls_config(&pki, "amqps://bfo.invalid:5671/BF", STS));
+        assert_eq!(
+            both,
+            [
+                (CertificateUse::Broker, Some(expiry)),
+                (CertificateUse::Sts, Some(expiry))
+            ]
+        );
+        // Plain AMQP with a token file: the certificate is held by nothing.
+        let file = "[token]\nsource = \"file\"\nfile = \"/run/token\"";
+        let none = client_certificate_expiry(&tls_config(&pki, "amqp://bfo.invalid:5672/BF", file));
+        assert_eq!(
+            none,
+            [(CertificateUse::Broker, None), (CertificateUse::Sts, None)]
+        );
+        // The simulator holds no certificate, whatever [broker.tls] says.
+        let mut sim = tls_config(&pki, "amqps://bfo.invalid:5671/BF", STS);
+        sim.broker.as_mut().unwrap().backend = BackendKind::Sim;
+        assert_eq!(
+            client_certificate_expiry(&sim),
+            [(CertificateUse::Broker, None), (CertificateUse::Sts, None)]
+        );
     }
 }

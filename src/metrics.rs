@@ -8,7 +8,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -69,6 +69,43 @@ pub struct ConnectionLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabel {
+    pub r#use: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    pub shard: String,
+    pub shards: String,
+}
+
+/// What a certificate the exporter holds is for: `broker` and `sts` are the client
+/// certificate of `[broker.tls]` (one file, two uses), `push` the push listener's server
+/// certificate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CertificateUse {
+    Broker,
+    Push,
+    Sts,
+}
+
+impl CertificateUse {
+    pub const ALL: [CertificateUse; 3] = [
+        CertificateUse::Broker,
+        CertificateUse::Push,
+        CertificateUse::Sts,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CertificateUse::Broker => "broker",
+            CertificateUse::Push => "push",
+            CertificateUse::Sts => "sts",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
     pub version: &'static str,
     pub revision: &'static str,
@@ -81,6 +118,7 @@ pub struct BeskedExemplar {
 }
 
 type Timestamp = Gauge<f64, AtomicU64>;
+type Seconds = Gauge<f64, AtomicU64>;
 type Latency = HistogramWithExemplars<BeskedExemplar>;
 
 /// Makes histograms with a fixed set of buckets.
@@ -114,6 +152,12 @@ pub struct Metrics {
     inflight: Family<DueslagLabel, Gauge>,
     held: Family<DueslagLabel, Gauge>,
     consumer_paused: Family<DueslagLabel, Gauge>,
+    probe_interval: Family<DueslagLabel, Seconds>,
+    probe_timeout: Family<DueslagLabel, Seconds>,
+    dueslag_started: Family<DueslagLabel, Timestamp>,
+    certificate_expiry: Family<CertificateLabel, Timestamp>,
+    shard_info: Family<ShardLabels, Gauge>,
+    shards: Gauge,
     token_expiry: Family<ServiceLabel, Timestamp>,
     token_renewal_failures: Family<ServiceLabel, Counter>,
     connection_up: Family<ConnectionLabel, Gauge>,
@@ -153,6 +197,12 @@ impl Metrics {
             inflight: Family::default(),
             held: Family::default(),
             consumer_paused: Family::default(),
+            probe_interval: Family::default(),
+            probe_timeout: Family::default(),
+            dueslag_started: Family::default(),
+            certificate_expiry: Family::default(),
+            shard_info: Family::default(),
+            shards: Gauge::default(),
             token_expiry: Family::default(),
             token_renewal_failures: Family::default(),
             connection_up: Family::default(),
@@ -221,6 +271,42 @@ impl Metrics {
             "1 when a pull dueslag stopped consuming because too many non-Alive messages are held.",
             m.consumer_paused.clone(),
         );
+        // What the no-success alert scales its limit by and counts from.
+        for (name, help, family) in [
+            (
+                "probe_interval",
+                "Configured time between two probes of the dueslag.",
+                &m.probe_interval,
+            ),
+            (
+                "probe_timeout",
+                "Configured time a probe waits for its message before it times out.",
+                &m.probe_timeout,
+            ),
+            (
+                "dueslag_started_timestamp",
+                "When the probe loop of the dueslag (re)started: at start, or a reload that added or changed it (Unix time).",
+                &m.dueslag_started,
+            ),
+        ] {
+            reg.register_with_unit(name, help, Unit::Seconds, family.clone());
+        }
+        reg.register_with_unit(
+            "certificate_expiry_timestamp",
+            "When a certificate the exporter holds expires (notAfter, Unix time), by use: broker, sts (the client certificate of [broker.tls]), push (the push listener's).",
+            Unit::Seconds,
+            m.certificate_expiry.clone(),
+        );
+        reg.register(
+            "shard_info",
+            "1 for this replica's shard of --shard=i/n (1 of 1 without --shard).",
+            m.shard_info.clone(),
+        );
+        reg.register(
+            "shards",
+            "Number of shards the dueslag are split into (n of --shard=i/n, 1 without).",
+            m.shards.clone(),
+        );
         reg.register_with_unit(
             "token_expiry_timestamp",
             "When the current token expires (Unix time).",
@@ -284,6 +370,7 @@ impl Metrics {
                 connection: s.as_str(),
             });
         }
+        m.set_shard(None);
         Metrics {
             registry: Arc::new(root),
             ..m
@@ -333,6 +420,66 @@ impl Metrics {
         for family in [&self.inflight, &self.held, &self.consumer_paused] {
             family.remove(&k.dl);
         }
+        for family in [
+            &self.probe_interval,
+            &self.probe_timeout,
+            &self.dueslag_started,
+        ] {
+            family.remove(&k.dl);
+        }
+    }
+
+    /// Records that the loop of a dueslag (re)started `at`, with its interval and timeout:
+    /// what the no-success alert measures a dueslag that has not succeeded yet from, and
+    /// scales its threshold by.
+    pub fn dueslag_started(
+        &self,
+        name: &str,
+        interval: Duration,
+        timeout: Duration,
+        at: SystemTime,
+    ) {
+        let l = DueslagLabel {
+            dueslag: Arc::from(name),
+        };
+        self.probe_interval
+            .get_or_create(&l)
+            .set(interval.as_secs_f64());
+        self.probe_timeout
+            .get_or_create(&l)
+            .set(timeout.as_secs_f64());
+        self.dueslag_started.get_or_create(&l).set(unix_seconds(at));
+    }
+
+    /// Sets when the certificate of `use_` expires; `None` removes the series (no such
+    /// certificate is held).
+    pub fn set_certificate_expiry(&self, use_: CertificateUse, not_after: Option<SystemTime>) {
+        let l = CertificateLabel {
+            r#use: use_.as_str(),
+        };
+        match not_after {
+            Some(t) => {
+                self.certificate_expiry
+                    .get_or_create(&l)
+                    .set(unix_seconds(t));
+            }
+            None => {
+                self.certificate_expiry.remove(&l);
+            }
+        }
+    }
+
+    /// Sets `bfo_alive_shard_info` and `bfo_alive_shards` for `--shard=i/n` (1 of 1 without).
+    pub fn set_shard(&self, shard: Option<crate::shard::Shard>) {
+        let (index, count) = shard.map_or((1, 1), |s| (s.index, s.count));
+        self.shard_info.clear();
+        self.shard_info
+            .get_or_create(&ShardLabels {
+                shard: index.to_string(),
+                shards: count.to_string(),
+            })
+            .set(1);
+        self.shards.set(i64::from(count));
     }
     /// Sets `bfo_alive_backend_info`: one series, for the backend in use.
     pub fn set_backend(&self, backend: &'static str) {
@@ -453,7 +600,7 @@ struct SeriesKeys {
 
 impl SeriesKeys {
     fn new(name: &str, mode: Mode) -> Self {
-        // One shared name for all 24 label sets of a dueslag (10,000 dueslag: ~9 MB less
+        // One shared name for every label set of a dueslag (10,000 dueslag: ~9 MB less
         // than a String each).
         let name: Arc<str> = Arc::from(name);
         let dueslag = || name.clone();
@@ -602,5 +749,67 @@ mod tests {
         assert!(!m.render(Format::Text).contains("besked_id"));
         m.remove_dueslag("sag-pull", Mode::Pull);
         assert!(!m.render(Format::Text).contains("sag-pull"));
+    }
+
+    #[test]
+    fn schedule_and_start_of_a_dueslag_go_with_it() {
+        let m = Metrics::new(&[1.0]);
+        let _d = m.dueslag("sag-push", Mode::Push);
+        let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
+        m.dueslag_started(
+            "sag-push",
+            Duration::from_secs(900),
+            Duration::from_millis(120_500),
+            at,
+        );
+        let text = m.render(Format::Text);
+        for needle in [
+            r#"bfo_alive_probe_interval_seconds{dueslag="sag-push"} 900"#,
+            r#"bfo_alive_probe_timeout_seconds{dueslag="sag-push"} 120.5"#,
+            r#"bfo_alive_dueslag_started_timestamp_seconds{dueslag="sag-push"} 1800000000"#,
+        ] {
+            assert!(text.contains(needle), "missing {needle} in\n{text}");
+        }
+        // A restart moves the start.
+        m.dueslag_started(
+            "sag-push",
+            Duration::from_secs(900),
+            Duration::from_secs(120),
+            at + Duration::from_secs(60),
+        );
+        assert!(m.render(Format::Text).contains(
+            r#"bfo_alive_dueslag_started_timestamp_seconds{dueslag="sag-push"} 1800000060"#
+        ));
+        m.remove_dueslag("sag-push", Mode::Push);
+        assert!(!m.render(Format::Text).contains("sag-push"));
+    }
+
+    #[test]
+    fn certificate_expiry_by_use_and_shard_info() {
+        let m = Metrics::new(&[1.0]);
+        let text = m.render(Format::Text);
+        assert!(!text.contains("bfo_alive_certificate_expiry_timestamp_seconds{"));
+        assert!(text.contains(r#"bfo_alive_shard_info{shard="1",shards="1"} 1"#));
+        assert!(text.contains("bfo_alive_shards 1"));
+
+        let at = UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+        for u in CertificateUse::ALL {
+            m.set_certificate_expiry(u, Some(at));
+        }
+        let text = m.render(Format::Text);
+        for u in ["broker", "push", "sts"] {
+            let needle = format!(
+                r#"bfo_alive_certificate_expiry_timestamp_seconds{{use="{u}"}} 1900000000"#
+            );
+            assert!(text.contains(&needle), "missing {needle} in\n{text}");
+        }
+        m.set_certificate_expiry(CertificateUse::Sts, None);
+        assert!(!m.render(Format::Text).contains(r#"{use="sts"}"#));
+
+        m.set_shard(Some("2/3".parse().unwrap()));
+        let text = m.render(Format::Text);
+        assert!(text.contains(r#"bfo_alive_shard_info{shard="2",shards="3"} 1"#));
+        assert!(!text.contains(r#"shard="1""#));
+        assert!(text.contains("bfo_alive_shards 3"));
     }
 }

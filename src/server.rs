@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::backend::Factory;
 use crate::config::{BackendKind, Config, ConfigError};
 use crate::http::{self, AppState, ReloadRequest};
-use crate::metrics::Metrics;
+use crate::metrics::{CertificateUse, Metrics};
 use crate::shard::Shard;
 use crate::supervisor::{Registry, Supervisor};
 use crate::tls_listener::TlsListener;
@@ -161,6 +161,17 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
         ),
         None => None,
     };
+    // Read once, like the listener's TLS: the certificate it serves until the next start.
+    metrics.set_certificate_expiry(
+        CertificateUse::Push,
+        config.push.tls.as_ref().and_then(|t| {
+            crate::tls::certificate_file_summary(&t.cert_file)
+                .ok()
+                .flatten()
+                .map(|s| s.not_after)
+        }),
+    );
+    metrics.set_shard(opts.shard);
 
     let registry = Arc::new(Registry::default());
     let backends = Factory {

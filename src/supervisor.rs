@@ -170,6 +170,14 @@ impl Supervisor {
             Arc::new(self.metrics.dueslag(&spec.name, spec.mode)),
             status.clone(),
         ]));
+        // The no-success alert measures a dueslag without a success from here, not from
+        // the process start: a dueslag added or changed by a reload gets its full chance.
+        self.metrics.dueslag_started(
+            &spec.name,
+            spec.interval,
+            spec.timeout,
+            std::time::SystemTime::now(),
+        );
         let probe = DueslagProbe::new(spec.clone(), ctx, observer);
         let stop_sending = CancellationToken::new();
         let stop_receiving = CancellationToken::new();

@@ -293,6 +293,14 @@ pub fn client_certificate_summary(files: &ClientTlsFiles) -> Result<Option<CertS
     Ok(load_client_identity(files)?.and_then(|id| describe_certificate(id.leaf())))
 }
 
+/// Subject and expiry of the first (leaf) certificate of a PEM or DER file, e.g. the push
+/// listener's server certificate.
+pub fn certificate_file_summary(path: &Path) -> Result<Option<CertSummary>, TlsError> {
+    Ok(load_certificates(path)?
+        .first()
+        .and_then(|c| describe_certificate(c)))
+}
+
 fn root_store(ca_file: Option<&Path>) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
@@ -649,6 +657,9 @@ mod tests {
             client_certificate_summary(&ClientTlsFiles::default()).unwrap(),
             None
         );
+        let srv = certificate_file_summary(&pki.server_cert).unwrap().unwrap();
+        assert!(srv.subject.contains("CN=localhost"), "{}", srv.subject);
+        assert!(certificate_file_summary(&pki.path("missing.pem")).is_err());
     }
 
     /// A one-shot TLS echo-ish server: answers "ok:<peer cert present>" and closes.

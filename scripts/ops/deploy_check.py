@@ -18,6 +18,8 @@
   name (the Prometheus Operator's job label) and the job_name of
   deploy/prometheus/prometheus.yml.
 - The PrometheusRule's spec equals alerts/bfo-alive.rules.yml.
+- Every alert name deploy/alertmanager/alertmanager.yml routes or inhibits by exists in
+  the rules (an inhibition of a renamed alert would silently hold back nothing).
 
 Usage: deploy_check.py [REPO_ROOT]
 """
@@ -105,6 +107,7 @@ def main():
 
     if pr.get("spec") != yaml.safe_load(rules_text):
         errors.append("PrometheusRule spec differs from alerts/bfo-alive.rules.yml: run deploy/kubernetes/generate-prometheusrule.sh")
+    errors += alertmanager_names(root, yaml.safe_load(rules_text))
     return report(errors)
 
 
@@ -161,13 +164,39 @@ def shard_label(endpoint, sm_spec, pod_labels, sample_pod):
     return False
 
 
+def alertmanager_names(root, rules):
+    """Alert names in the example Alertmanager configuration that no rule defines."""
+    names = {r["alert"] for g in rules["groups"] for r in g["rules"] if "alert" in r}
+    with open(os.path.join(root, "deploy", "alertmanager", "alertmanager.yml")) as f:
+        am = yaml.safe_load(f)
+    matchers = []
+
+    def walk(route):
+        matchers.extend(route.get("matchers", []))
+        for r in route.get("routes", []):
+            walk(r)
+
+    walk(am.get("route", {}))
+    for rule in am.get("inhibit_rules", []):
+        matchers += rule.get("source_matchers", []) + rule.get("target_matchers", [])
+    errors = []
+    for m in matchers:
+        found = re.match(r'\s*alertname\s*(=~|!~|!=|=)\s*"(.*)"\s*$', m)
+        if not found:
+            continue
+        for alt in found.group(2).split("|"):
+            if re.fullmatch(r"\w+", alt) and alt not in names:
+                errors.append(f"alertmanager.yml matcher {m!r}: no alert named {alt}")
+    return errors
+
+
 def report(errors):
     for e in errors:
         print(f"  FAIL {e}")
     if errors:
         print(f"deploy check: {len(errors)} problem(s)")
         return 1
-    print("deploy check: StatefulSet sharded by ordinal, config watched without subPath, shard label; manifests consistent, job names agree, PrometheusRule equals the rules")
+    print("deploy check: StatefulSet sharded by ordinal, config watched without subPath, shard label; manifests consistent, job names agree, PrometheusRule equals the rules, Alertmanager names real alerts")
     return 0
 
 

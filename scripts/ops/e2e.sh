@@ -7,7 +7,8 @@
 # firing for the healthy ones.
 #
 # The rules are the shipped ones with short timings (scripts/ops/e2e_rules.py: every for:
-# 5s, no-success threshold 10 s); scrape and evaluation every second.
+# 5s; the no-success limit follows the exporter's 1 s interval and 3 s timeout, 16 s);
+# scrape and evaluation every second.
 #
 # Usage: scripts/ops/e2e.sh [EXPORTER_BINARY]
 #   default binary: $BFO_ALIVE_EXPORTER, else target/debug/bfo-alive-exporter
@@ -43,22 +44,7 @@ ops_start_alertmanager "$OPS_TMP/am" "$OPS_TMP/alertmanager.yml" || exit 1
 
 ops_start_exporter "$OPS_TMP/exporter.log" --config.file "$config" || exit 1
 
-cat >"$OPS_TMP/prometheus.yml" <<EOF
-global:
-  scrape_interval: 1s
-  evaluation_interval: 1s
-rule_files:
-  - $OPS_TMP/rules.yml
-alerting:
-  alertmanagers:
-    - static_configs:
-        - targets: ["$AM_ADDR"]
-scrape_configs:
-  - job_name: bfo-alive
-    static_configs:
-      - targets: ["$EXPORTER_ADDR"]
-EOF
-promtool check config "$OPS_TMP/prometheus.yml" >/dev/null
+ops_prometheus_config "$OPS_TMP/prometheus.yml" "$OPS_TMP/rules.yml" "$AM_ADDR" "$EXPORTER_ADDR"
 ops_start_prometheus "$OPS_TMP/prom" "$OPS_TMP/prometheus.yml" || exit 1
 
 if ! python3 "$OPS_DIR/e2e_assert.py" --prometheus "$PROM_URL" --alertmanager "$AM_URL" \

@@ -189,6 +189,29 @@ ops_start_prometheus() {
   ops_wait_http prometheus "$PROM_URL/-/ready" 60 "${OPS_PIDS[-1]}" "$dir/prometheus.log"
 }
 
+# ops_prometheus_config OUT RULES ALERTMANAGER TARGET: a Prometheus configuration that
+# scrapes TARGET as job bfo-alive and evaluates RULES every second, sending alerts to
+# ALERTMANAGER (host:port); checked with promtool.
+ops_prometheus_config() {
+  local out="$1" rules="$2" am="$3" target="$4"
+  cat >"$out" <<EOF
+global:
+  scrape_interval: 1s
+  evaluation_interval: 1s
+rule_files:
+  - $rules
+alerting:
+  alertmanagers:
+    - static_configs:
+        - targets: ["$am"]
+scrape_configs:
+  - job_name: bfo-alive
+    static_configs:
+      - targets: ["$target"]
+EOF
+  promtool check config "$out" >/dev/null
+}
+
 # ops_start_alertmanager DIR CONFIG: start Alertmanager on a free port, clustering off;
 # sets AM_URL and AM_ADDR.
 ops_start_alertmanager() {
