@@ -4,10 +4,13 @@
 //! dueslag queues (each with a dead-letter error queue `<queue>.error`), consumes what is
 //! published to the exchange, validates it as the Beskedfordeler would, answers a
 //! StandardRetur on `reply_to` (written in the dueslag's `reply_shape`; a refusal by its
-//! own validation is always a bare StandardRetur), and routes each accepted Alive message
-//! to its dueslag: published to the queue (pull) or POSTed as ModtagBeskedInput (push),
-//! again until the receiver answers 20. Faults come from the same [`Faults`] as the
-//! simulator's.
+//! own validation is always a bare StandardRetur), and routes each accepted message by
+//! abonnement, as the Beskedfordeler does: to every dueslag whose abonnement matches its
+//! Filtreringsdata (beskedtype, TilladtModtager, RelateretObjekt), published to the queue
+//! (pull) or POSTed as ModtagBeskedInput (push), again until the receiver answers 20; a
+//! message no abonnement matches is accepted and delivered nowhere (logged). It accepts the
+//! Alive beskedtype and those of `[emulator] beskedtyper`, so other systems' messages can be
+//! routed too. Faults come from the same [`Faults`] as the simulator's.
 //!
 //! **Connection age.** The Beskedfordeler ends each client connection when the hour its
 //! connection authoriser granted is over. With `[emulator] max_connection_age` the emulator
@@ -41,11 +44,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::backoff::{Backoff, RECONNECT_START};
-use crate::config::{ConfigError, Faults, Mode};
-use crate::message::{StandardRetur, build_standard_retur, parse_haendelsesbesked};
-use crate::protocol::{AFSEND_EXCHANGE, CVR_URN_PREFIX, TOKEN_HEADER, status};
+use crate::config::{AbonnementKind, ConfigError, Faults, Mode};
+use crate::message::{
+    RelateretObjekt, StandardRetur, UnikId, build_standard_retur, parse_haendelsesbesked,
+};
+use crate::protocol::{
+    AFSEND_EXCHANGE, ALIVE_BESKEDTYPE, CVR_URN_PREFIX, DUESLAG_OBJEKT_TYPE, TOKEN_HEADER, status,
+};
 use crate::sim::push::Redelivery;
-use crate::sim::{AfsendAnswer, Simulator, Sink, Target, push};
+use crate::sim::{Abonnement, AfsendAnswer, Simulator, Sink, Target, push};
 use crate::tls::ClientTlsFiles;
 use crate::token::Token;
 use crate::transport::amqp::connect::{self as sasl, AuthChoice};
@@ -82,8 +89,15 @@ pub struct EmulatorSection {
     pub url: crate::config::BrokerUrl,
     /// The sender it accepts (BeskedAnsvarligAktoer).
     pub anvendersystem: Uuid,
-    /// The authority whose messages it accepts (TilladtModtager).
+    /// The authority whose Alive messages it accepts (TilladtModtager).
     pub cvr: String,
+    /// Beskedtyper it accepts besides Alive (other systems' messages, for their own
+    /// receivers); any other is refused with 40.
+    #[serde(default)]
+    pub beskedtyper: Vec<Uuid>,
+    /// The ObjektType of the RelateretObjekt that names a dueslag (ObjektId = its UUID);
+    /// default the exporter's, `urn:bfo-alive-exporter:dueslag`.
+    pub objekt_type: Option<String>,
     /// Refuse messages without a `token` header, or with an expired one (StatusKode 41).
     #[serde(default = "yes")]
     pub require_token: bool,
@@ -293,10 +307,29 @@ pub struct PushClientTls {
 pub struct EmulatedDueslag {
     pub name: String,
     pub mode: Mode,
+    /// The dueslag's UUID; a pull dueslag's defaults to its queue when that is a UUID.
+    pub id: Option<Uuid>,
     /// Pull: the queue to declare and deliver to.
     pub queue: Option<String>,
     /// Push: the endpoint to POST to.
     pub push_url: Option<String>,
+    /// What its abonnement filters on besides the beskedtype: `relateret-objekt` (default:
+    /// the RelateretObjekt naming this dueslag, so that each Alive message reaches only its
+    /// own dueslag) or `fan-out` (nothing: every message of its beskedtyper).
+    #[serde(default)]
+    pub abonnement: AbonnementKind,
+    /// The beskedtyper its abonnement selects; default Alive only.
+    pub beskedtyper: Option<Vec<Uuid>>,
+    /// A TilladtModtager its abonnement requires, e.g. `urn:oio:cvr-nr:29189846`.
+    pub tilladt_modtager: Option<String>,
+}
+
+impl EmulatedDueslag {
+    /// `id`, else a pull dueslag's queue when that is a UUID.
+    fn uuid(&self) -> Option<Uuid> {
+        self.id
+            .or_else(|| self.queue.as_deref().and_then(|q| q.parse().ok()))
+    }
 }
 
 impl EmulatorConfig {
@@ -308,6 +341,11 @@ impl EmulatorConfig {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let c: EmulatorConfig = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
+        if let Some(t) = &c.emulator.objekt_type {
+            t.parse::<UnikId>()
+                .map_err(|e| err(format!("emulator.objekt_type: {e}")))?;
+        }
+        let alive: Uuid = ALIVE_BESKEDTYPE.parse().expect("a UUID");
         for (i, d) in c.dueslag.iter().enumerate() {
             match d.mode {
                 Mode::Pull if d.queue.is_none() => {
@@ -317,6 +355,22 @@ impl EmulatorConfig {
                     return Err(err(format!("dueslag[{i}].push_url: required for push")));
                 }
                 _ => {}
+            }
+            if d.abonnement == AbonnementKind::RelateretObjekt && d.uuid().is_none() {
+                return Err(err(format!(
+                    "dueslag[{i}].id: required with abonnement = \"relateret-objekt\" (the default): the dueslag's UUID, which its abonnement selects as RelateretObjekt (a pull dueslag's defaults to its queue when that is a UUID); or abonnement = \"fan-out\""
+                )));
+            }
+            for t in d.beskedtyper.iter().flatten() {
+                if *t != alive && !c.emulator.beskedtyper.contains(t) {
+                    return Err(err(format!(
+                        "dueslag[{i}].beskedtyper: {t} is neither Alive nor in emulator.beskedtyper, so no such message is ever accepted"
+                    )));
+                }
+            }
+            if let Some(m) = &d.tilladt_modtager {
+                m.parse::<UnikId>()
+                    .map_err(|e| err(format!("dueslag[{i}].tilladt_modtager: {e}")))?;
             }
         }
         for name in c.faults.keys() {
@@ -333,16 +387,37 @@ impl EmulatorConfig {
         Ok(c)
     }
 
+    /// The ObjektType that names a dueslag.
+    fn objekt_type(&self) -> UnikId {
+        self.emulator
+            .objekt_type
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| UnikId::Urn(DUESLAG_OBJEKT_TYPE.into()))
+    }
+
     fn targets(&self) -> Vec<(Target, Faults)> {
+        let objekt_type = self.objekt_type();
         self.dueslag
             .iter()
             .map(|d| {
+                let address = d
+                    .uuid()
+                    .map(|id| RelateretObjekt::dueslag(id, &objekt_type));
+                let mut abonnement = Abonnement::alive(d.abonnement, address.as_ref());
+                if let Some(t) = &d.beskedtyper {
+                    abonnement.beskedtyper = t.clone();
+                }
+                abonnement.tilladt_modtager =
+                    d.tilladt_modtager.as_deref().and_then(|m| m.parse().ok());
                 (
                     Target {
                         name: d.name.clone(),
                         mode: d.mode,
                         queue: d.queue.clone(),
                         push_url: d.push_url.clone(),
+                        address,
+                        abonnement,
                     },
                     self.faults.get(&d.name).cloned().unwrap_or_default(),
                 )
@@ -451,10 +526,13 @@ fn validate(
             format!("invalid Haendelsesbesked: {e}"),
         )
     })?;
-    if !m.is_alive() {
+    if !m.is_alive() && !m.beskedtype.is_some_and(|t| cfg.beskedtyper.contains(&t)) {
         return Err(StandardRetur::error(
             status::INVALID_INPUT,
-            "not the Alive beskedtype",
+            format!(
+                "beskedtype {} is neither Alive nor one of emulator.beskedtyper",
+                m.beskedtype.map_or("(none)".into(), |t| t.to_string())
+            ),
         ));
     }
     if m.ansvarlig_aktoer != Some(cfg.anvendersystem) {
@@ -463,7 +541,10 @@ fn validate(
             "BeskedAnsvarligAktoer is not the configured anvendersystem",
         ));
     }
-    if m.tilladt_modtager.as_deref() != Some(&format!("{CVR_URN_PREFIX}{}", cfg.cvr)) {
+    // An Alive message goes to the sender's own authority (AliveBesked's rule); other
+    // beskedtyper name whom they like, for abonnements to filter on.
+    let own = UnikId::Urn(format!("{CVR_URN_PREFIX}{}", cfg.cvr));
+    if m.is_alive() && !m.tilladt_modtager.contains(&own) {
         return Err(StandardRetur::error(
             status::INVALID_INPUT,
             "TilladtModtager is not the configured CVR",
@@ -730,6 +811,113 @@ mod tests {
         assert_eq!(parse_connections("\n").unwrap(), []);
         assert!(parse_connections("<x>\tBF\tyesterday\t[]").is_err());
         assert!(parse_connections("<x>\tBF").is_err());
+    }
+
+    /// An emulator file on a broker nobody connects to, with `rest` after `[emulator]`.
+    fn load(rest: &str) -> Result<EmulatorConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[emulator]\nurl = \"amqp://u:p@127.0.0.1:1/BF\"\nanvendersystem = \"{}\"\ncvr = \"29189846\"\n{rest}",
+                Uuid::nil()
+            ),
+        )
+        .unwrap();
+        EmulatorConfig::load(&path).map_err(|e| e.message)
+    }
+
+    #[test]
+    fn a_dueslag_needs_a_uuid_to_filter_on_and_subscribes_only_to_accepted_types() {
+        let named = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-p\"\n";
+        let e = load(named).unwrap_err();
+        assert!(
+            e.starts_with("dueslag[0].id: required with abonnement = \"relateret-objekt\""),
+            "{e}"
+        );
+        load(&format!("{named}abonnement = \"fan-out\"\n")).unwrap();
+        let c = load(&format!("{named}id = \"{}\"\n", Uuid::from_u128(7))).unwrap();
+        let (target, _) = &c.targets()[0];
+        assert_eq!(
+            target.abonnement.relateret_objekt,
+            Some(RelateretObjekt::dueslag(
+                Uuid::from_u128(7),
+                &UnikId::Urn(DUESLAG_OBJEKT_TYPE.into())
+            ))
+        );
+        // A UUID queue is the id.
+        let c = load(&format!(
+            "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"{}\"\n",
+            Uuid::from_u128(8)
+        ))
+        .unwrap();
+        assert_eq!(
+            c.targets()[0]
+                .0
+                .address
+                .as_ref()
+                .map(|a| a.objekt_id.clone()),
+            Some(UnikId::Uuid(Uuid::from_u128(8)))
+        );
+        let sag = Uuid::from_u128(0x5a9);
+        let subscribes = format!(
+            "[[dueslag]]\nname = \"s\"\nmode = \"pull\"\nqueue = \"s\"\nabonnement = \"fan-out\"\nbeskedtyper = [\"{sag}\"]\ntilladt_modtager = \"urn:oio:cvr-nr:11111111\"\n"
+        );
+        let e = load(&subscribes).unwrap_err();
+        assert!(
+            e.contains("dueslag[0].beskedtyper:")
+                && e.contains("neither Alive nor in emulator.beskedtyper"),
+            "{e}"
+        );
+        let c = load(&format!("beskedtyper = [\"{sag}\"]\n{subscribes}")).unwrap();
+        let (target, _) = &c.targets()[0];
+        assert_eq!(target.abonnement.beskedtyper, [sag]);
+        assert_eq!(
+            target.abonnement.tilladt_modtager,
+            Some(UnikId::Urn("urn:oio:cvr-nr:11111111".into()))
+        );
+        assert_eq!(target.abonnement.relateret_objekt, None);
+        let e = load(&format!("objekt_type = \"dueslag\"\n{named}")).unwrap_err();
+        assert!(e.starts_with("emulator.objekt_type:"), "{e}");
+    }
+
+    #[test]
+    fn accepts_configured_beskedtyper_and_checks_the_cvr_only_of_alive() {
+        let sag = Uuid::from_u128(0x5a9);
+        let mut cfg = load("").unwrap().emulator;
+        let props = BasicProperties::default()
+            .with_correlation_id("c".into())
+            .with_message_id("m".into());
+        cfg.require_token = false;
+        let business = |t: Uuid, aktoer: Uuid| {
+            crate::message::build_business_message_with(
+                Uuid::new_v4(),
+                t,
+                &crate::message::Filtreringsdata {
+                    ansvarlig_aktoer: Some(aktoer),
+                    tilladt_modtager: vec![UnikId::Urn("urn:oio:cvr-nr:11111111".into())],
+                    relateret_objekt: vec![],
+                },
+            )
+        };
+        let refused = validate(&cfg, &props, business(sag, Uuid::nil()).as_bytes()).unwrap_err();
+        assert_eq!(refused.status_kode, 40);
+        cfg.beskedtyper = vec![sag];
+        // Another authority's TilladtModtager is fine for another beskedtype ...
+        assert_eq!(
+            validate(&cfg, &props, business(sag, Uuid::nil()).as_bytes()),
+            Ok(())
+        );
+        // ... but the sender must be the anvendersystem.
+        let other = validate(&cfg, &props, business(sag, Uuid::from_u128(1)).as_bytes());
+        assert!(
+            other
+                .unwrap_err()
+                .fejlbesked_tekst
+                .unwrap()
+                .contains("BeskedAnsvarligAktoer")
+        );
     }
 
     #[test]
