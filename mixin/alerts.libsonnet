@@ -120,6 +120,19 @@ local lib = import 'lib.libsonnet';
               ||| % c.unexpected.window,
             },
           }),
+          alert('BfoAliveMisrouted', 'warning', {
+            expr: 'increase(bfo_alive_received_total{kind="misrouted"}[%s]) > 0\n' % d(c.misrouted.window),
+            'for': c.misrouted['for'],
+            annotations: {
+              summary: 'A dueslag receives the Alive messages of other dueslag; its abonnement does not filter on RelateretObjekt.',
+              description: |||
+                Dueslag {{ $labels.dueslag }} ({{ $labels.mode }}) on {{ $labels.instance }} received
+                {{ $value | printf "%%.0f" }} Alive message(s) in the last %s that the exporter
+                addressed to its other dueslag. Its abonnement selects the Alive beskedtype without
+                the RelateretObjekt filter; `bfo-alive-exporter setup` prints the filter to add.
+              ||| % c.misrouted.window,
+            },
+          }),
           alert('BfoAliveMessagesHeld', 'warning', {
             expr: '%s > 0\n' % last('bfo_alive_held_messages'),
             'for': c.held['for'],

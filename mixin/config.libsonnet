@@ -89,6 +89,10 @@
     unexpected: {
       window: '30m',
     },
+    // Alive messages addressed to another dueslag of the same exporter: an abonnement without
+    // the RelateretObjekt filter. Any in `window`, for `for`, so that one stray message (a
+    // reload that changed a dueslag's id) leaves the window before the alert can fire.
+    misrouted: { window: '15m', 'for': '15m' },
     held: { 'for': '15m' },
     consumerPaused: { 'for': '5m' },
 

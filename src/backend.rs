@@ -33,12 +33,18 @@ pub struct Built {
 impl Built {
     /// Tells the backend which dueslag run. A real Beskedfordeler is configured in its
     /// administration module, so only the simulator listens; it returns the dueslag whose
-    /// simulated set-up (target or `[sim.faults]`) changed, whose loops must restart.
+    /// simulated set-up (target, `[sim.abonnement]` or `[sim.faults]`) changed, whose loops
+    /// must restart.
     pub fn set_dueslag(&self, config: &Config, specs: &[DueslagSpec]) -> Vec<String> {
         match &self.sim {
             Some((sim, push_base)) => {
                 let base = config.sim.push_base.as_deref().unwrap_or(push_base);
-                sim.set_topology(sim::targets(specs, &config.sim.faults, base))
+                sim.set_topology(sim::targets(
+                    specs,
+                    &config.sim,
+                    base,
+                    &config.objekt_type(),
+                ))
             }
             None => Vec::new(),
         }

@@ -1,7 +1,8 @@
 //! The command line: Prometheus-style flags (`--config.file`, `--config.check`,
 //! `--config.watch-interval`, `--web.listen-address`, `--log.*`, `--shard`) and the
 //! subcommands `demo` (the exporter on its embedded simulator), `probe` (one dueslag tested
-//! by hand) and `emulate` (the Beskedfordeler emulator on a RabbitMQ broker).
+//! by hand), `setup` (the abonnements to set up in the Administrationsmodul) and `emulate`
+//! (the Beskedfordeler emulator on a RabbitMQ broker).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -84,6 +85,13 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Print what to set up in the Beskedfordeler's Administrationsmodul for each configured
+    /// dueslag: its abonnement on the Alive beskedtype (with the RelateretObjekt filter) and,
+    /// for push, the endpoint to register. Exit 0, or 2 for a configuration error.
+    Setup {
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
     /// Play the Beskedfordeler on a RabbitMQ broker, for offline tests of any system.
     Emulate {
         /// Emulator configuration (TOML; see examples/emulator.toml).
@@ -140,6 +148,9 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     if let Some(Command::Emulate { config }) = &cli.command {
         return emulate(config).await;
+    }
+    if let Some(Command::Setup { output }) = &cli.command {
+        return setup(cli.config_file.as_deref(), *output);
     }
     if let Some(Command::Probe {
         dueslag,
@@ -251,6 +262,29 @@ async fn run(cli: Cli) -> ExitCode {
         stop.cancel();
     });
     server.wait().await;
+    ExitCode::SUCCESS
+}
+
+fn setup(config_file: Option<&std::path::Path>, output: Output) -> ExitCode {
+    let Some(path) = config_file else {
+        eprintln!("setup needs --config.file");
+        return ExitCode::from(2);
+    };
+    let config = match crate::config::Config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let setup = crate::setup::setup(&config);
+    let text = match output {
+        Output::Json => serde_json::to_string_pretty(&setup).expect("a setup serializes") + "\n",
+        Output::Text => setup.render_text(&path.display().to_string()),
+    };
+    // Written, not printed: a reader that stops early (`| head`) is no error.
+    use std::io::Write as _;
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
     ExitCode::SUCCESS
 }
 

@@ -4,10 +4,13 @@
 //! dueslag queues (each with a dead-letter error queue `<queue>.error`), consumes what is
 //! published to the exchange, validates it as the Beskedfordeler would, answers a
 //! StandardRetur on `reply_to` (written in the dueslag's `reply_shape`; a refusal by its
-//! own validation is always a bare StandardRetur), and routes each accepted Alive message
-//! to its dueslag: published to the queue (pull) or POSTed as ModtagBeskedInput (push),
-//! again until the receiver answers 20. Faults come from the same [`Faults`] as the
-//! simulator's.
+//! own validation is always a bare StandardRetur), and routes each accepted message by
+//! abonnement, as the Beskedfordeler does: to every dueslag whose abonnement matches its
+//! Filtreringsdata (beskedtype, TilladtModtager, RelateretObjekt), published to the queue
+//! (pull) or POSTed as ModtagBeskedInput (push), again until the receiver answers 20; a
+//! message no abonnement matches is accepted and delivered nowhere (logged). It accepts the
+//! Alive beskedtype and those of `[emulator] beskedtyper`, so other systems' messages can be
+//! routed too. Faults come from the same [`Faults`] as the simulator's.
 //!
 //! **Connection age.** The Beskedfordeler ends each client connection when the hour its
 //! connection authoriser granted is over. With `[emulator] max_connection_age` the emulator
@@ -41,11 +44,15 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::backoff::{Backoff, RECONNECT_START};
-use crate::config::{ConfigError, Faults, Mode};
-use crate::message::{StandardRetur, build_standard_retur, parse_haendelsesbesked};
-use crate::protocol::{AFSEND_EXCHANGE, CVR_URN_PREFIX, TOKEN_HEADER, status};
+use crate::config::{AbonnementKind, ConfigError, Faults, Mode};
+use crate::message::{
+    RelateretObjekt, StandardRetur, UnikId, build_standard_retur, parse_haendelsesbesked,
+};
+use crate::protocol::{
+    AFSEND_EXCHANGE, ALIVE_BESKEDTYPE, CVR_URN_PREFIX, DUESLAG_OBJEKT_TYPE, TOKEN_HEADER, status,
+};
 use crate::sim::push::Redelivery;
-use crate::sim::{AfsendAnswer, Simulator, Sink, Target, push};
+use crate::sim::{Abonnement, AfsendAnswer, Simulator, Sink, Target, push};
 use crate::tls::ClientTlsFiles;
 use crate::token::Token;
 use crate::transport::amqp::connect::{self as sasl, AuthChoice};
@@ -82,8 +89,15 @@ pub struct EmulatorSection {
     pub url: crate::config::BrokerUrl,
     /// The sender it accepts (BeskedAnsvarligAktoer).
     pub anvendersystem: Uuid,
-    /// The authority whose messages it accepts (TilladtModtager).
+    /// The authority whose Alive messages it accepts (TilladtModtager).
     pub cvr: String,
+    /// Beskedtyper it accepts besides Alive (other systems' messages, for their own
+    /// receivers); any other is refused with 40.
+    #[serde(default)]
+    pub beskedtyper: Vec<Uuid>,
+    /// The ObjektType of the RelateretObjekt that names a dueslag (ObjektId = its UUID);
+    /// default the exporter's, `urn:bfo-alive-exporter:dueslag`.
+    pub objekt_type: Option<String>,
     /// Refuse messages without a `token` header, or with an expired one (StatusKode 41).
     #[serde(default = "yes")]
     pub require_token: bool,
@@ -293,10 +307,29 @@ pub struct PushClientTls {
 pub struct EmulatedDueslag {
     pub name: String,
     pub mode: Mode,
+    /// The dueslag's UUID; a pull dueslag's defaults to its queue when that is a UUID.
+    pub id: Option<Uuid>,
     /// Pull: the queue to declare and deliver to.
     pub queue: Option<String>,
     /// Push: the endpoint to POST to.
     pub push_url: Option<String>,
+    /// What its abonnement filters on besides the beskedtype: `relateret-objekt` (default:
+    /// the RelateretObjekt naming this dueslag, so that each Alive message reaches only its
+    /// own dueslag) or `fan-out` (nothing: every message of its beskedtyper).
+    #[serde(default)]
+    pub abonnement: AbonnementKind,
+    /// The beskedtyper its abonnement selects; default Alive only.
+    pub beskedtyper: Option<Vec<Uuid>>,
+    /// A TilladtModtager its abonnement requires, e.g. `urn:oio:cvr-nr:29189846`.
+    pub tilladt_modtager: Option<String>,
+}
+
+impl EmulatedDueslag {
+    /// `id`, else a pull dueslag's queue when that is a UUID.
+    fn uuid(&self) -> Option<Uuid> {
+        self.id
+            .or_else(|| self.queue.as_deref().and_then(|q| q.parse().ok()))
+    }
 }
 
 impl EmulatorConfig {
@@ -308,6 +341,11 @@ impl EmulatorConfig {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let c: EmulatorConfig = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
+        if let Some(t) = &c.emulator.objekt_type {
+            t.parse::<UnikId>()
+                .map_err(|e| err(format!("emulator.objekt_type: {e}")))?;
+        }
+        let alive: Uuid = ALIVE_BESKEDTYPE.parse().expect("a UUID");
         for (i, d) in c.dueslag.iter().enumerate() {
             match d.mode {
                 Mode::Pull if d.queue.is_none() => {
@@ -317,6 +355,22 @@ impl EmulatorConfig {
                     return Err(err(format!("dueslag[{i}].push_url: required for push")));
                 }
                 _ => {}
+            }
+            if d.abonnement == AbonnementKind::RelateretObjekt && d.uuid().is_none() {
+                return Err(err(format!(
+                    "dueslag[{i}].id: required with abonnement = \"relateret-objekt\" (the default): the dueslag's UUID, which its abonnement selects as RelateretObjekt (a pull dueslag's defaults to its queue when that is a UUID); or abonnement = \"fan-out\""
+                )));
+            }
+            for t in d.beskedtyper.iter().flatten() {
+                if *t != alive && !c.emulator.beskedtyper.contains(t) {
+                    return Err(err(format!(
+                        "dueslag[{i}].beskedtyper: {t} is neither Alive nor in emulator.beskedtyper, so no such message is ever accepted"
+                    )));
+                }
+            }
+            if let Some(m) = &d.tilladt_modtager {
+                m.parse::<UnikId>()
+                    .map_err(|e| err(format!("dueslag[{i}].tilladt_modtager: {e}")))?;
             }
         }
         for name in c.faults.keys() {
@@ -333,16 +387,37 @@ impl EmulatorConfig {
         Ok(c)
     }
 
+    /// The ObjektType that names a dueslag.
+    fn objekt_type(&self) -> UnikId {
+        self.emulator
+            .objekt_type
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| UnikId::Urn(DUESLAG_OBJEKT_TYPE.into()))
+    }
+
     fn targets(&self) -> Vec<(Target, Faults)> {
+        let objekt_type = self.objekt_type();
         self.dueslag
             .iter()
             .map(|d| {
+                let address = d
+                    .uuid()
+                    .map(|id| RelateretObjekt::dueslag(id, &objekt_type));
+                let mut abonnement = Abonnement::alive(d.abonnement, address.as_ref());
+                if let Some(t) = &d.beskedtyper {
+                    abonnement.beskedtyper = t.clone();
+                }
+                abonnement.tilladt_modtager =
+                    d.tilladt_modtager.as_deref().and_then(|m| m.parse().ok());
                 (
                     Target {
                         name: d.name.clone(),
                         mode: d.mode,
                         queue: d.queue.clone(),
                         push_url: d.push_url.clone(),
+                        address,
+                        abonnement,
                     },
                     self.faults.get(&d.name).cloned().unwrap_or_default(),
                 )
@@ -451,10 +526,13 @@ fn validate(
             format!("invalid Haendelsesbesked: {e}"),
         )
     })?;
-    if !m.is_alive() {
+    if !m.is_alive() && !m.beskedtype.is_some_and(|t| cfg.beskedtyper.contains(&t)) {
         return Err(StandardRetur::error(
             status::INVALID_INPUT,
-            "not the Alive beskedtype",
+            format!(
+                "beskedtype {} is neither Alive nor one of emulator.beskedtyper",
+                m.beskedtype.map_or("(none)".into(), |t| t.to_string())
+            ),
         ));
     }
     if m.ansvarlig_aktoer != Some(cfg.anvendersystem) {
@@ -463,7 +541,10 @@ fn validate(
             "BeskedAnsvarligAktoer is not the configured anvendersystem",
         ));
     }
-    if m.tilladt_modtager.as_deref() != Some(&format!("{CVR_URN_PREFIX}{}", cfg.cvr)) {
+    // An Alive message goes to the sender's own authority (AliveBesked's rule); other
+    // beskedtyper name whom they like, for abonnements to filter on.
+    let own = UnikId::Urn(format!("{CVR_URN_PREFIX}{}", cfg.cvr));
+    if m.is_alive() && !m.tilladt_modtager.contains(&own) {
         return Err(StandardRetur::error(
             status::INVALID_INPUT,
             "TilladtModtager is not the configured CVR",
@@ -689,68 +770,5 @@ async fn reply(channel: Channel, call: BasicProperties, body: Bytes, after: Dura
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn connections_are_read_from_the_rabbitmqctl_table() {
-        // As rabbitmqctl 3.10 writes it (the capabilities shortened).
-        let table = concat!(
-            "<rabbit@host.1796139872.2034.0>\tBF\t1700000000000\t",
-            r#"[{"capabilities",[{"basic.nack",true}]},{"connection_name","bfo-alive-exporter afsend"},{"product","lapin"}]"#,
-            "\n<rabbit@host.1796139872.2040.0>\tother\t1700000001500\t",
-            r#"[{"connection_name","bfo-emulator"}]"#,
-            "\n<rabbit@host.1796139872.2051.0>\tBF\t1700000002000\t[]\n",
-        );
-        let got = parse_connections(table).unwrap();
-        let at = |ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms);
-        assert_eq!(
-            got,
-            [
-                ClientConnection {
-                    pid: "<rabbit@host.1796139872.2034.0>".into(),
-                    vhost: "BF".into(),
-                    name: Some("bfo-alive-exporter afsend".into()),
-                    connected_at: at(1_700_000_000_000),
-                },
-                ClientConnection {
-                    pid: "<rabbit@host.1796139872.2040.0>".into(),
-                    vhost: "other".into(),
-                    name: Some(CONNECTION_NAME.into()),
-                    connected_at: at(1_700_000_001_500),
-                },
-                ClientConnection {
-                    pid: "<rabbit@host.1796139872.2051.0>".into(),
-                    vhost: "BF".into(),
-                    name: None,
-                    connected_at: at(1_700_000_002_000),
-                },
-            ]
-        );
-        assert_eq!(parse_connections("\n").unwrap(), []);
-        assert!(parse_connections("<x>\tBF\tyesterday\t[]").is_err());
-        assert!(parse_connections("<x>\tBF").is_err());
-    }
-
-    #[test]
-    fn rabbitmqctl_env_values_never_print() {
-        let ctl = Rabbitmqctl {
-            path: None,
-            node: Some("rabbit@localhost".into()),
-            env: [(
-                "RABBITMQ_ERLANG_COOKIE".to_string(),
-                "s3cret-cookie".to_string(),
-            )]
-            .into(),
-        };
-        let shown = format!("{ctl:?}");
-        assert!(
-            shown.contains("RABBITMQ_ERLANG_COOKIE") && !shown.contains("s3cret"),
-            "{shown}"
-        );
-        let cmd = ctl.command();
-        let args: Vec<_> = cmd.get_args().collect();
-        assert_eq!(args, ["-q", "-n", "rabbit@localhost"]);
-        assert_eq!(cmd.get_program(), "rabbitmqctl");
-    }
-}
+#[path = "emulator_tests.rs"]
+mod tests;

@@ -24,7 +24,8 @@
 //!   `exposition` (the contract and its rendering), `process` (`process_*` metrics),
 //!   `tls_listener` (the push listener's TLS), `allocator` (glibc arenas).
 //! - Tools: `diagnose` (the `probe` command and `GET /probe`, with the trace and its
-//!   hints), [`cli`] (flags and subcommands; `main` only calls it).
+//!   hints), `setup` (the abonnements to set up, per dueslag), [`cli`] (flags and
+//!   subcommands; `main` only calls it).
 //!
 //! The public API is what the binary, the benchmark and the integration tests use:
 //! [`cli`], [`config`], [`emulator`], [`message`], [`outcome`], [`server`].
@@ -48,6 +49,7 @@ pub(crate) mod receive;
 pub(crate) mod secret;
 pub(crate) mod send;
 pub mod server;
+pub(crate) mod setup;
 pub(crate) mod shard;
 pub(crate) mod sim;
 pub(crate) mod status;

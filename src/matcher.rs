@@ -18,12 +18,14 @@ use crate::outcome::{Outcome, ProbeResult, ReceivedKind, SendFailure};
 /// grace period `lost_after`.
 const MEMORY_FACTOR: u32 = 4;
 
-/// Who this matcher's probes are from.
+/// Who this matcher's probes are from, and the dueslag they are addressed to.
 #[derive(Debug, Clone)]
 pub struct Identity {
     pub instance: String,
     pub run: Uuid,
     pub dueslag: String,
+    /// The dueslag's UUID: the RelateretObjekt its Alive messages carry.
+    pub id: Uuid,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -125,21 +127,40 @@ impl Matcher {
         }
     }
 
-    /// Classifies an Alive message that arrived in this dueslag.
+    /// Classifies an Alive message that arrived in this dueslag. `addressed_to` is the
+    /// dueslag UUID of its RelateretObjekt, if it has one.
+    ///
+    /// This exporter run's message for another dueslag (its payload names another, or its
+    /// RelateretObjekt another UUID) is `misrouted`: it reached this dueslag because the
+    /// dueslag's abonnement does not filter on RelateretObjekt. Another instance's or an
+    /// earlier run's is `foreign`: nothing this run can match, whatever it is addressed to.
     pub fn arrive(
         &mut self,
         besked_id: Uuid,
         probe: Option<&ProbePayload>,
+        addressed_to: Option<Uuid>,
         now: Instant,
         out: &mut Vec<Outcome>,
     ) {
-        let ours = probe.filter(|p| {
-            p.instance == self.id.instance && p.run == self.id.run && p.dueslag == self.id.dueslag
-        });
-        let Some(payload) = ours else {
+        let Some(payload) =
+            probe.filter(|p| p.instance == self.id.instance && p.run == self.id.run)
+        else {
             out.push(received(ReceivedKind::Foreign, besked_id));
             return;
         };
+        let elsewhere = addressed_to.filter(|a| *a != self.id.id);
+        if payload.dueslag != self.id.dueslag || elsewhere.is_some() {
+            let to = elsewhere.map_or(String::new(), |a| format!(" (RelateretObjekt {a})"));
+            out.push(Outcome::Received {
+                kind: ReceivedKind::Misrouted,
+                besked_id: Some(besked_id),
+                detail: Some(format!(
+                    "addressed to dueslag {:?}{to}: this dueslag's abonnement does not filter on RelateretObjekt",
+                    payload.dueslag
+                )),
+            });
+            return;
+        }
         let out_of_order = payload.sequence < self.max_seq_seen;
         self.max_seq_seen = self.max_seq_seen.max(payload.sequence);
         if let Some(p) = self.inflight.remove(&besked_id) {
@@ -296,6 +317,7 @@ mod tests {
                 instance: "i".into(),
                 run: Uuid::from_u128(1),
                 dueslag: "d".into(),
+                id: Uuid::from_u128(10),
             },
             4,
             T,
@@ -333,6 +355,7 @@ mod tests {
         m.arrive(
             id,
             Some(&payload(&m, 1)),
+            None,
             t0 + Duration::from_millis(250),
             &mut out,
         );
@@ -349,6 +372,7 @@ mod tests {
         m.arrive(
             id,
             Some(&payload(&m, 1)),
+            None,
             t0 + Duration::from_secs(1),
             &mut out,
         );
@@ -370,11 +394,12 @@ mod tests {
         m.arrive(
             id,
             Some(&payload(&m, 1)),
+            None,
             t0 + T + Duration::from_secs(1),
             &mut out,
         );
         m.expire(t0 + T * 3, &mut out);
-        m.arrive(id, Some(&payload(&m, 1)), t0 + T * 3, &mut out);
+        m.arrive(id, Some(&payload(&m, 1)), None, t0 + T * 3, &mut out);
         assert_eq!(kinds(&out), ["timeout", "late", "duplicate"]);
     }
 
@@ -401,8 +426,8 @@ mod tests {
         let mut out = vec![];
         m.begin(a, t0, T, &mut out);
         m.begin(b, t0, T, &mut out);
-        m.arrive(b, Some(&payload(&m, 2)), t0, &mut out);
-        m.arrive(a, Some(&payload(&m, 1)), t0, &mut out);
+        m.arrive(b, Some(&payload(&m, 2)), None, t0, &mut out);
+        m.arrive(a, Some(&payload(&m, 1)), None, t0, &mut out);
         assert_eq!(
             kinds(&out),
             ["success", "matched", "success", "out_of_order"]
@@ -418,17 +443,62 @@ mod tests {
         other_run.run = Uuid::from_u128(2);
         let mut other_instance = payload(&m, 1);
         other_instance.instance = "j".into();
+        // Another instance's or run's message is foreign whatever it is addressed to: this
+        // one, another dueslag, or nothing.
+        for p in [&other_run, &other_instance] {
+            for to in [Some(m.id.id), Some(Uuid::from_u128(11)), None] {
+                m.arrive(Uuid::new_v4(), Some(p), to, now, &mut out);
+            }
+        }
+        m.arrive(Uuid::new_v4(), None, Some(m.id.id), now, &mut out);
+        assert_eq!(kinds(&out), ["foreign"; 7]);
+    }
+
+    #[test]
+    fn this_runs_message_for_another_dueslag_is_misrouted() {
+        let mut m = matcher();
+        let t0 = Instant::now();
+        let mut out = vec![];
         let mut other_dueslag = payload(&m, 1);
         other_dueslag.dueslag = "e".into();
-        for p in [
-            Some(&other_run),
-            Some(&other_instance),
+        // By the payload, by the RelateretObjekt, or by both.
+        m.arrive(Uuid::new_v4(), Some(&other_dueslag), None, t0, &mut out);
+        m.arrive(
+            Uuid::new_v4(),
+            Some(&payload(&m, 1)),
+            Some(Uuid::from_u128(11)),
+            t0,
+            &mut out,
+        );
+        m.arrive(
+            Uuid::new_v4(),
             Some(&other_dueslag),
-            None,
-        ] {
-            m.arrive(Uuid::new_v4(), p, now, &mut out);
-        }
-        assert_eq!(kinds(&out), ["foreign"; 4]);
+            Some(Uuid::from_u128(11)),
+            t0,
+            &mut out,
+        );
+        assert_eq!(kinds(&out), ["misrouted"; 3]);
+        let details: Vec<&str> = out
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Received { detail, .. } => detail.as_deref(),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            details[1].contains("\"d\" (RelateretObjekt 00000000-0000-0000-0000-00000000000b)")
+                && details
+                    .iter()
+                    .all(|d| d.contains("does not filter on RelateretObjekt")),
+            "{details:?}"
+        );
+        // Misrouted messages leave this dueslag's accounting alone: its own probe still
+        // matches, in order, addressed to it.
+        let id = Uuid::new_v4();
+        let mut out = vec![];
+        m.begin(id, t0, T, &mut out);
+        m.arrive(id, Some(&payload(&m, 1)), Some(m.id.id), t0, &mut out);
+        assert_eq!(kinds(&out), ["success", "matched"]);
     }
 
     #[test]
@@ -440,7 +510,7 @@ mod tests {
         m.begin(id, t0, T, &mut out);
         m.send_failed(id, SendFailure::Timeout, &mut out);
         m.send_failed(id, SendFailure::Timeout, &mut out);
-        m.arrive(id, Some(&payload(&m, 1)), t0, &mut out);
+        m.arrive(id, Some(&payload(&m, 1)), None, t0, &mut out);
         assert_eq!(kinds(&out), ["send_error", "late"]);
     }
 
@@ -456,14 +526,14 @@ mod tests {
         assert_eq!(m.inflight(), 4);
         assert_eq!(kinds(&out), ["timeout", "timeout"]);
         // The evicted ones are the oldest.
-        m.arrive(ids[0], Some(&payload(&m, 1)), t0, &mut out);
+        m.arrive(ids[0], Some(&payload(&m, 1)), None, t0, &mut out);
         assert_eq!(kinds(&out).last().unwrap(), "late");
         // The memory of finished probes is bounded too.
         let mut out = vec![];
         for i in 0..200 {
             let id = Uuid::new_v4();
             m.begin(id, t0, T, &mut out);
-            m.arrive(id, Some(&payload(&m, 10 + i)), t0, &mut out);
+            m.arrive(id, Some(&payload(&m, 10 + i)), None, t0, &mut out);
         }
         assert!(m.finished.len() <= m.finished_cap);
         assert_eq!(m.finished.len(), m.finished_order.len());

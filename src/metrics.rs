@@ -595,7 +595,7 @@ struct SeriesKeys {
     dl: DueslagLabel,
     probes: [ProbeLabels; 3],
     reasons: [ReasonLabels; SendFailure::ALL.len()],
-    kinds: [KindLabels; 6],
+    kinds: [KindLabels; ReceivedKind::ALL.len()],
 }
 
 impl SeriesKeys {
@@ -635,7 +635,7 @@ pub struct DueslagMetrics {
     roundtrip: Latency,
     send_duration: Latency,
     send_failures: [Counter; SendFailure::ALL.len()],
-    received: [Counter; 6],
+    received: [Counter; ReceivedKind::ALL.len()],
     lost: Counter,
     last_success: Timestamp,
     last_attempt: Timestamp,
@@ -725,6 +725,7 @@ mod tests {
             r#"bfo_alive_send_failures_total{dueslag="sag-pull",reason="unroutable"} 0"#,
             r#"bfo_alive_send_failures_total{dueslag="sag-pull",reason="invalid_reply"} 0"#,
             r#"bfo_alive_received_total{dueslag="sag-pull",mode="pull",kind="out_of_order"} 0"#,
+            r#"bfo_alive_received_total{dueslag="sag-pull",mode="pull",kind="misrouted"} 0"#,
             r#"bfo_alive_roundtrip_duration_seconds_count{dueslag="sag-pull",mode="pull"} 0"#,
             r#"bfo_alive_connection_up{connection="afhent"} 0"#,
             r#"bfo_alive_connection_rotations_total{connection="afsend"} 0"#,

@@ -73,16 +73,22 @@ pub enum ReceivedKind {
     Late,
     Duplicate,
     OutOfOrder,
+    /// This exporter run's Alive message for another of its dueslag: the dueslag's
+    /// abonnement does not filter on RelateretObjekt (ARCHITECTURE.md §4).
+    Misrouted,
+    /// An Alive message of another exporter instance or an earlier run, or without a
+    /// readable payload.
     Foreign,
     Unexpected,
 }
 
 impl ReceivedKind {
-    pub const ALL: [ReceivedKind; 6] = [
+    pub const ALL: [ReceivedKind; 7] = [
         ReceivedKind::Matched,
         ReceivedKind::Late,
         ReceivedKind::Duplicate,
         ReceivedKind::OutOfOrder,
+        ReceivedKind::Misrouted,
         ReceivedKind::Foreign,
         ReceivedKind::Unexpected,
     ];
@@ -93,6 +99,7 @@ impl ReceivedKind {
             ReceivedKind::Late => "late",
             ReceivedKind::Duplicate => "duplicate",
             ReceivedKind::OutOfOrder => "out_of_order",
+            ReceivedKind::Misrouted => "misrouted",
             ReceivedKind::Foreign => "foreign",
             ReceivedKind::Unexpected => "unexpected",
         }

@@ -48,6 +48,20 @@ pub const NS_STS_BESKEDFORDELER: &str = "urn:oio:sts:beskedfordeler:1.0.0";
 /// Namespace of this exporter's probe payload inside Beskeddata.
 pub const NS_PROBE: &str = "urn:bfo-alive-exporter:probe:1";
 
+/// The default `ObjektType` of the `RelateretObjekt` that addresses each Alive message to its
+/// dueslag (`ObjektId` = the dueslag's UUID), and on which each dueslag's abonnement filters
+/// (ARCHITECTURE.md §2, routing by abonnement); `[exporter] objekt_type` overrides it.
+///
+/// A URN, not a UUID: the abonnement and every message show it, and an operator reading
+/// `urn:bfo-alive-exporter:dueslag` in the Administrationsmodul or a message dump knows what
+/// the RelateretObjekt is, where a UUID would say nothing. It is in the project's own URN
+/// family (as [`NS_PROBE`]), never under `urn:oio:`, whose names belong to the public
+/// authorities' registries: a business object type can never be mistaken for it. No KOMBIT
+/// value list names a type for a dueslag, so the project defines one; should the
+/// Administrationsmodul accept only types from a value list, configure that value (a UUID is
+/// written as `UUIDIdentifikator`, a URN as `URNIdentifikator`).
+pub const DUESLAG_OBJEKT_TYPE: &str = "urn:bfo-alive-exporter:dueslag";
+
 /// Version written into BeskedVersion.
 pub const BESKED_VERSION: &str = "1.0";
 /// URN prefix of a CVR number (TilladtModtager, ObjektAnsvarligMyndighed).

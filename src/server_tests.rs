@@ -23,6 +23,7 @@ jitter = 0.0
 name = "p"
 mode = "pull"
 queue = "q-p"
+id = "2e4c6a8b-0d1f-4a3c-8e5b-7d9f1a3c5e01"
 [sim.faults.p]
 delay = "400ms"
 "#;

@@ -4,7 +4,8 @@
 //! Reload rules (ARCHITECTURE.md §6): added dueslag start, removed ones stop and their
 //! series go away, changed ones restart; a change of what the backend is built from
 //! ([`Config::backend_part`]: broker, token, identity, push) restarts every loop on a new
-//! backend, and a new `[exporter] instance` restarts every loop on the old one.
+//! backend, and a new `[exporter] instance` or `objekt_type` (both in every message)
+//! restarts every loop on the old one.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
@@ -132,6 +133,7 @@ impl Supervisor {
             run: self.run,
             anvendersystem: config.identity.anvendersystem,
             cvr: config.identity.cvr.clone(),
+            objekt_type: config.objekt_type(),
         });
         let ctx_changed = self.ctx.as_ref().is_none_or(|c| **c != *ctx);
         let specs = self.specs(&config);

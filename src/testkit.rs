@@ -120,12 +120,16 @@ pub fn plain(o: Outcome) -> Outcome {
     }
 }
 
-/// A dueslag named `d` (queue `q` when pulled) probed every 10 s with a 5 s timeout, two
+/// The UUID of [`spec`]'s dueslag.
+pub const DUESLAG_ID: Uuid = Uuid::from_u128(0xd);
+
+/// A dueslag named `d` (UUID [`DUESLAG_ID`], queue `q` when pulled) probed every 10 s with a 5 s timeout, two
 /// send attempts of 1 s each, no jitter, at most two held messages.
 pub fn spec(mode: Mode) -> DueslagSpec {
     DueslagSpec {
         name: "d".into(),
         mode,
+        id: DUESLAG_ID,
         queue: (mode == Mode::Pull).then(|| "q".into()),
         interval: Duration::from_secs(10),
         timeout: Duration::from_secs(5),
@@ -146,6 +150,7 @@ pub fn probe(spec: DueslagSpec) -> (Arc<DueslagProbe>, Arc<Watch>) {
         run: Uuid::new_v4(),
         anvendersystem: Uuid::nil(),
         cvr: "29189846".into(),
+        objekt_type: crate::message::UnikId::Urn(crate::protocol::DUESLAG_OBJEKT_TYPE.into()),
     });
     let probe = DueslagProbe::new(spec, ctx, watch.clone() as Arc<dyn Observer>);
     (probe, watch)

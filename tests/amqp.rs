@@ -18,7 +18,7 @@ const ANVENDER: &str = "cf12c051-39ce-4066-ba11-704b46fa23c4";
 fn emulator_config(url: &str, require_token: bool, push: Option<&str>, faults: &str) -> String {
     let h = push
         .map(|base| {
-            format!("[[dueslag]]\nname = \"h\"\nmode = \"push\"\npush_url = \"{base}/push/h\"\n")
+            format!("[[dueslag]]\nname = \"h\"\nmode = \"push\"\nid = \"9c1d3e5f-0a2b-4c4d-8e6f-7a8b9c0d1e02\"\npush_url = \"{base}/push/h\"\n")
         })
         .unwrap_or_default();
     format!(
@@ -33,6 +33,7 @@ require_token = {require_token}
 name = "p"
 mode = "pull"
 queue = "q-pull"
+id = "9c1d3e5f-0a2b-4c4d-8e6f-7a8b9c0d1e01"
 {h}{faults}
 "#
     )
@@ -100,7 +101,7 @@ async fn wait_queue(url: &str, queue: &str, want: &[&[u8]]) {
     .await
 }
 
-const BOTH: &str = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\n[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
+const BOTH: &str = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\nid = \"9c1d3e5f-0a2b-4c4d-8e6f-7a8b9c0d1e01\"\n[[dueslag]]\nname = \"h\"\nmode = \"push\"\nid = \"9c1d3e5f-0a2b-4c4d-8e6f-7a8b9c0d1e02\"\n";
 
 #[tokio::test]
 async fn pull_and_push_round_trips_through_the_emulator() {
@@ -159,7 +160,7 @@ async fn token_expiry_41_then_renewed_token_succeeds() {
         "[token]\nsource = \"file\"\nfile = \"{}\"\n",
         token_file.display()
     );
-    let pull = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\n";
+    let pull = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\nid = \"9c1d3e5f-0a2b-4c4d-8e6f-7a8b9c0d1e01\"\n";
     let (s, _f, emu) = start_both(&url, true, "", &extra, pull).await;
     // The expired token is answered 41, renewed (the file still holds it), and in the end
     // counted as a token failure.
@@ -210,7 +211,7 @@ async fn token_expiry_41_then_renewed_token_succeeds() {
 async fn rejection_codes_are_counted_with_the_code() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("reject");
-    let push = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
+    let push = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\nid = \"9c1d3e5f-0a2b-4c4d-8e6f-7a8b9c0d1e02\"\n";
     let faults = "[faults.h]\nreject = 1.0\nreject_code = 44\n";
     let (s, _f, emu) = start_both(&url, false, faults, "", push).await;
     let text = wait_metric(
@@ -245,7 +246,7 @@ async fn rejection_codes_are_counted_with_the_code() {
 async fn emulator_refuses_a_foreign_sender() {
     let Some(b) = Broker::get() else { return };
     let url = b.vhost("sender");
-    let push = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
+    let push = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\nid = \"9c1d3e5f-0a2b-4c4d-8e6f-7a8b9c0d1e02\"\n";
     let (s, _f) = start(&exporter_config(&url, "", push)).await;
     let emu = start_emulator(
         &emulator_config(&url, false, Some(&push_base(&s)), "")
@@ -273,7 +274,7 @@ async fn unroutable_when_nothing_is_bound_to_the_exchange() {
     let url = b.vhost("unroutable");
     // The exchange exists (the exporter never declares it), but no queue is bound to it.
     declare_unbound_exchange(&url).await;
-    let push = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
+    let push = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\nid = \"9c1d3e5f-0a2b-4c4d-8e6f-7a8b9c0d1e02\"\n";
     let (s, _f) = start(&exporter_config(&url, "", push)).await;
     let text = wait_metric(
         &s,
@@ -360,7 +361,7 @@ async fn a_business_message_in_a_pull_dueslag_is_never_taken() {
         uuid::Uuid::new_v4(),
     );
     publish_to_queue(&url, "q-pull", business.as_bytes()).await;
-    let pull = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\n";
+    let pull = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\nid = \"9c1d3e5f-0a2b-4c4d-8e6f-7a8b9c0d1e01\"\n";
     let (s, _f) = start(&exporter_config(&url, "", pull)).await;
     // Held, and the Alive messages behind it keep flowing.
     let text = wait_metric(
@@ -387,7 +388,7 @@ async fn a_business_message_in_a_pull_dueslag_is_never_taken() {
 
     // With unexpected = "error-queue" it is dead-lettered to the error queue, still not acknowledged.
     let emu = start_emulator(&emulator_config(&url, false, None, "")).await;
-    let pull = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\nunexpected = \"error-queue\"\n";
+    let pull = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\nid = \"9c1d3e5f-0a2b-4c4d-8e6f-7a8b9c0d1e01\"\nunexpected = \"error-queue\"\n";
     let (s, _f) = start(&exporter_config(&url, "", pull)).await;
     wait_metric(
         &s,
@@ -458,7 +459,7 @@ async fn push_over_mutual_tls_from_the_emulator() {
         d = tls_dir.display(),
         ca = b.var("AMQP_CA")
     );
-    let cfg = exporter_config(&url, "", "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n")
+    let cfg = exporter_config(&url, "", "[[dueslag]]\nname = \"h\"\nmode = \"push\"\nid = \"9c1d3e5f-0a2b-4c4d-8e6f-7a8b9c0d1e02\"\n")
         .replace("[push]\n", &format!("{extra}[push]\n"));
     let (s, _f) = start(&cfg).await;
     let push = format!("https://localhost:{}", s.push_addr.port());

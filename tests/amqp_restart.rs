@@ -11,7 +11,7 @@ use common::emulator::*;
 use common::*;
 
 /// The dueslag of both sides; the emulator adds the push URL to the last, `h`.
-const DUESLAG: &str = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-restart\"\n[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
+const DUESLAG: &str = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-restart\"\nid = \"7a0e4c1d-2b3f-4a5e-8c6d-9e0f1a2b3c01\"\n[[dueslag]]\nname = \"h\"\nmode = \"push\"\nid = \"7a0e4c1d-2b3f-4a5e-8c6d-9e0f1a2b3c02\"\n";
 
 #[tokio::test]
 async fn broker_stop_and_start_is_survived() {

@@ -21,7 +21,7 @@ const EVERY: Duration = Duration::from_millis(100);
 fn config(names: &[&str]) -> String {
     let mut c = format!("{IDENTITY}{SIM}[defaults]\ninterval = \"1s\"\n");
     for n in names {
-        c.push_str(&format!("[[dueslag]]\nname = \"{n}\"\nmode = \"push\"\n"));
+        c.push_str(&push_dueslag(n));
     }
     c
 }

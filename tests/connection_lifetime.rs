@@ -37,9 +37,9 @@ const PULL: [&str; 5] = ["p", "more-1", "more-2", "more-3", "more-4"];
 fn dueslag_tables(push_to: Option<&Server>) -> String {
     let mut t: String = PULL
         .iter()
-        .map(|d| format!("[[dueslag]]\nname = \"{d}\"\nmode = \"pull\"\nqueue = \"q-{d}\"\n\n"))
+        .map(|d| format!("{}\n", pull_dueslag(d)))
         .collect();
-    t += "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
+    t += &push_dueslag("h");
     if let Some(s) = push_to {
         t += &format!("push_url = \"http://{}/push/h\"\n", s.addr);
     }

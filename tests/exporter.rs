@@ -17,8 +17,10 @@ jitter = 0.0
     )
 }
 
-const PULL: &str = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-p\"\n";
-const PUSH: &str = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
+/// A pull dueslag whose simulated queue has a name, so it needs an `id`.
+const PULL: &str = "[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-p\"\nid = \"3f7d0c52-7a43-4d0e-9b1a-51a3c0d6e001\"\n";
+const PUSH: &str =
+    "[[dueslag]]\nname = \"h\"\nmode = \"push\"\nid = \"3f7d0c52-7a43-4d0e-9b1a-51a3c0d6e002\"\n";
 
 #[tokio::test]
 async fn healthy_pull_and_push_round_trips() {
@@ -185,7 +187,7 @@ async fn duplicates_reordering_and_late_arrivals_are_classified() {
     .await;
     s.stop().await;
 
-    let late = "[[dueslag]]\nname = \"l\"\nmode = \"pull\"\nqueue = \"q-l\"\ntimeout = \"150ms\"\n[sim.faults.l]\ndelay = \"300ms\"\n";
+    let late = "[[dueslag]]\nname = \"l\"\nmode = \"pull\"\nqueue = \"3f7d0c52-7a43-4d0e-9b1a-51a3c0d6e003\"\ntimeout = \"150ms\"\n[sim.faults.l]\ndelay = \"300ms\"\n";
     let (s, _f) = start(&config(late)).await;
     let text = wait_metric(
         &s,
@@ -333,6 +335,10 @@ async fn push_endpoint_refuses_what_is_not_ours_and_counts_it() {
         besked_id: uuid::Uuid::new_v4(),
         anvendersystem: uuid::Uuid::nil(),
         cvr: "29189846",
+        relateret_objekt: &RelateretObjekt::dueslag(
+            "3f7d0c52-7a43-4d0e-9b1a-51a3c0d6e002".parse().unwrap(),
+            &UnikId::Urn("urn:bfo-alive-exporter:dueslag".into()),
+        ),
         payload: &p,
     });
     let wrong_ns = build_modtag_besked_input(
@@ -427,7 +433,7 @@ async fn reload_applies_a_diff_and_keeps_the_old_config_on_error() {
 
     // Remove h, add n.
     f.write(&config(&format!(
-        "{PULL}[[dueslag]]\nname = \"n\"\nmode = \"push\"\n"
+        "{PULL}[[dueslag]]\nname = \"n\"\nmode = \"push\"\nid = \"3f7d0c52-7a43-4d0e-9b1a-51a3c0d6e004\"\n"
     )));
     let (code, _) = post(&s, "/-/reload", "").await;
     assert_eq!(code, 200);

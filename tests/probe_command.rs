@@ -4,37 +4,25 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::broker::*;
 use common::emulator::*;
 use common::*;
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
 fn probe(config: &str, dueslag: &str, extra: &[&str]) -> Run {
     let f = ConfigFile::new(config);
-    let out = Command::new(env!("CARGO_BIN_EXE_bfo-alive-exporter"))
-        .args([
-            "probe",
-            "--config.file",
-            f.path.to_str().unwrap(),
-            "--dueslag",
-            dueslag,
-        ])
-        .args(["--web.listen-address", "127.0.0.1:0", "--timeout", "2s"])
-        .args(extra)
-        .output()
-        .unwrap();
-    Run {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
-        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
-    }
+    let path = f.path.to_str().unwrap();
+    let args = [
+        "probe",
+        "--config.file",
+        path,
+        "--dueslag",
+        dueslag,
+        "--web.listen-address",
+        "127.0.0.1:0",
+        "--timeout",
+        "2s",
+    ];
+    run_exporter(args.iter().chain(extra))
 }
 
 fn json(r: &Run) -> serde_json::Value {
@@ -43,7 +31,9 @@ fn json(r: &Run) -> serde_json::Value {
 
 fn sim(faults: &str) -> String {
     format!(
-        "{IDENTITY}{SIM}\n[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q\"\n[[dueslag]]\nname = \"h\"\nmode = \"push\"\n{faults}"
+        "{IDENTITY}{SIM}\n{}{}{faults}",
+        pull_dueslag("p"),
+        push_dueslag("h")
     )
 }
 
@@ -75,11 +65,20 @@ fn succeeds_on_the_simulator_with_json() {
             "publish",
             "delivery",
             "publish",
-            "delivery"
+            "delivery",
+            "abonnement"
         ]
     );
     assert!(steps.iter().all(|s| s["ok"] == true));
     assert!(steps[5]["millis"].as_f64().is_some());
+    assert!(
+        steps[10]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("did not arrive in dueslag h: its abonnement filters on RelateretObjekt"),
+        "{}",
+        steps[10]
+    );
     let text = probe(&sim(""), "p", &[]);
     assert_eq!(text.code, 0);
     assert!(
@@ -137,6 +136,46 @@ fn explains_failures_on_the_simulator() {
     assert!(r.stdout.contains("after 2 attempt(s)"), "{}", r.stdout);
 }
 
+/// A dueslag whose abonnement does not filter on RelateretObjekt lets in a message addressed
+/// to another dueslag: the probes arrive, but the trace fails the abonnement step with what
+/// to set up, and the command exits 1.
+#[test]
+fn a_fan_out_abonnement_is_found_on_the_simulator() {
+    for (dueslag, cfg) in [
+        ("p", sim("[sim.abonnement]\np = \"fan-out\"\n")),
+        ("h", sim("[sim.abonnement]\nh = \"fan-out\"\n")),
+    ] {
+        let r = probe(&cfg, dueslag, &["--count", "2", "--output", "json"]);
+        assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+        let j = json(&r);
+        assert_eq!(
+            (j["sent"].as_u64(), j["arrived"].as_u64()),
+            (Some(2), Some(2))
+        );
+        let steps = j["steps"].as_array().unwrap();
+        let last = steps.last().unwrap();
+        assert_eq!(
+            (last["step"].as_str(), last["ok"].as_bool()),
+            (Some("abonnement"), Some(false))
+        );
+        let detail = last["detail"].as_str().unwrap();
+        assert!(
+            detail.contains("addressed to another dueslag (RelateretObjekt ObjektId ")
+                && detail.contains(&format!("arrived in dueslag {dueslag} too"))
+                && last["hint"]
+                    .as_str()
+                    .unwrap()
+                    .contains("does not filter on RelateretObjekt"),
+            "{last}"
+        );
+        assert_eq!(
+            steps.iter().filter(|s| s["ok"] == false).count(),
+            1,
+            "{steps:?}"
+        );
+    }
+}
+
 #[test]
 fn usage_and_config_errors_exit_2() {
     let r = probe(&sim(""), "nope", &[]);
@@ -153,13 +192,15 @@ fn usage_and_config_errors_exit_2() {
 
 fn amqp_config(url: &str, extra: &str) -> String {
     format!(
-        "{IDENTITY}\n[broker]\nbackend = \"amqp\"\nurl = \"{url}\"\nauth = \"plain\"\n{extra}\n[defaults]\nsend_timeout = \"1s\"\n[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\n"
+        "{IDENTITY}\n[broker]\nbackend = \"amqp\"\nurl = \"{url}\"\nauth = \"plain\"\n{extra}\n[defaults]\nsend_timeout = \"1s\"\n{}",
+        pull_dueslag("p")
     )
 }
 
 fn emulator(url: &str, faults: &str) -> String {
     format!(
-        "[emulator]\nurl = \"{url}\"\nanvendersystem = \"cf12c051-39ce-4066-ba11-704b46fa23c4\"\ncvr = \"29189846\"\nrequire_token = false\n[[dueslag]]\nname = \"p\"\nmode = \"pull\"\nqueue = \"q-pull\"\n{faults}"
+        "[emulator]\nurl = \"{url}\"\nanvendersystem = \"cf12c051-39ce-4066-ba11-704b46fa23c4\"\ncvr = \"29189846\"\nrequire_token = false\n{}{faults}",
+        pull_dueslag("p")
     )
 }
 
@@ -179,6 +220,12 @@ async fn explains_outcomes_against_the_emulator_and_never_prints_secrets() {
             "[faults.p]\nloss = 1.0\n",
             1,
             Some("subscription (abonnement)"),
+        ),
+        // Into p's [[dueslag]] table: its abonnement lets in every Alive message.
+        (
+            "abonnement = \"fan-out\"\n",
+            1,
+            Some("does not filter on RelateretObjekt"),
         ),
     ];
     for (faults, code, hint) in cases {

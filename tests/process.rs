@@ -112,7 +112,7 @@ fn wait_exit(child: &mut Child, limit: Duration) -> Option<i32> {
 #[tokio::test]
 async fn sighup_reloads_and_sigterm_exits_zero() {
     let cfg = ConfigFile::new(&format!(
-        "{IDENTITY}{SIM}\n[defaults]\ninterval = \"100ms\"\n[[dueslag]]\nname = \"a\"\nmode = \"push\"\n"
+        "{IDENTITY}{SIM}\n[defaults]\ninterval = \"100ms\"\n[[dueslag]]\nname = \"a\"\nmode = \"push\"\nid = \"5b1e2a80-0c7d-4f4e-8a55-2f9e6c3d1a01\"\n"
     ));
     let e = spawn(
         &["--config.file", cfg.path.to_str().unwrap()],
@@ -127,7 +127,7 @@ async fn sighup_reloads_and_sigterm_exits_zero() {
     })
     .await;
     cfg.write(&format!(
-        "{IDENTITY}{SIM}\n[defaults]\ninterval = \"100ms\"\n[[dueslag]]\nname = \"b\"\nmode = \"push\"\n"
+        "{IDENTITY}{SIM}\n[defaults]\ninterval = \"100ms\"\n[[dueslag]]\nname = \"b\"\nmode = \"push\"\nid = \"5b1e2a80-0c7d-4f4e-8a55-2f9e6c3d1a02\"\n"
     ));
     let mut child = e.child;
     signal(&child, "HUP");

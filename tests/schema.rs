@@ -14,16 +14,17 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use bfo_alive_exporter::message::{
-    self, AliveSpec, ProbePayload, ReplyShape, StandardRetur, build_afsend_reply, build_alive,
-    build_business_message, build_modtag_besked_input, build_modtag_besked_output,
-    build_standard_retur, parse_afsend_reply, parse_modtag_besked_input,
+    self, Filtreringsdata, RelateretObjekt, ReplyShape, StandardRetur, UnikId, build_afsend_reply,
+    build_business_message, build_business_message_with, build_modtag_besked_input,
+    build_modtag_besked_output, build_standard_retur, parse_afsend_reply,
+    parse_modtag_besked_input,
 };
 use bfo_alive_exporter::server::Server;
 use common::*;
@@ -123,30 +124,43 @@ fn doc(name: &str, body: impl Into<Vec<u8>>) -> (String, Vec<u8>) {
     (name.to_string(), body.into())
 }
 
-fn alive_to(dueslag: &str, instance: &str) -> String {
-    build_alive(&AliveSpec {
-        besked_id: Uuid::new_v4(),
-        anvendersystem: ANVENDER.parse().unwrap(),
-        cvr: CVR,
-        payload: &ProbePayload {
-            instance: instance.into(),
-            run: Uuid::new_v4(),
-            dueslag: dueslag.into(),
-            sequence: 1,
-            sent_at: SystemTime::now(),
-        },
-    })
-}
-
 #[test]
 fn the_builders_write_valid_xml() {
     let Some(xsd) = Schemas::get() else { return };
     let alive = alive_to("sag-pull <&>", "exp-1");
     let business = build_business_message(Uuid::new_v4(), Uuid::new_v4());
+    // Everything an abonnement can filter on, RelateretObjekt with a role and by URN.
+    let filtered = build_business_message_with(
+        Uuid::new_v4(),
+        Uuid::new_v4(),
+        &Filtreringsdata {
+            ansvarlig_aktoer: Some(ANVENDER.parse().unwrap()),
+            tilladt_modtager: vec![UnikId::Urn(format!("urn:oio:cvr-nr:{CVR}"))],
+            relateret_objekt: vec![
+                RelateretObjekt {
+                    objekt_id: UnikId::Urn("urn:example:sag:1".into()),
+                    objekt_type: UnikId::Uuid(Uuid::new_v4()),
+                    objekt_rolle: Some(UnikId::Urn("urn:example:rolle".into())),
+                },
+                RelateretObjekt::dueslag(Uuid::new_v4(), &UnikId::Urn(DUESLAG_OBJEKT_TYPE.into())),
+            ],
+        },
+    );
+    // The exporter's Alive message carries the RelateretObjekt where the schema wants it.
+    let at = |needle: &str| {
+        alive
+            .find(needle)
+            .unwrap_or_else(|| panic!("no {needle} in {alive}"))
+    };
+    assert!(at("</TilladtModtager><RelateretObjekt>") < at("<ObjektRegistrering>"));
+    assert!(alive.contains(&format!(
+        "<ObjektType><sd:URNIdentifikator>{DUESLAG_OBJEKT_TYPE}</sd:URNIdentifikator></ObjektType>"
+    )));
     let refused = StandardRetur::error(40, "not an Alive message <&>");
     let mut docs = vec![
         doc("Alive Haendelsesbesked", alive.clone()),
         doc("business stand-in", business.clone()),
+        doc("business with Filtreringsdata", filtered),
         doc(
             "ModtagBeskedInput(Alive)",
             build_modtag_besked_input(&alive),
@@ -352,17 +366,15 @@ async fn the_simulator_and_the_push_endpoint_write_valid_xml() {
 interval = "200ms"
 timeout = "5s"
 
-[[dueslag]]
-name = "h"
-mode = "push"
-
+{}
 [sim]
 push_base = "{tap_url}"
 
 [sim.faults.h]
 business_every = "300ms"
 foreign_every = "300ms"
-"#
+"#,
+        push_dueslag("h")
     );
     let (s, _f) = start(&config).await;
     tap.forward_to(&s);
@@ -386,14 +398,13 @@ const SHAPES: [(&str, &str); 4] = [
     ("g", "garbage"),
 ];
 
-/// `[[dueslag]]` (pull, queue `q-NAME`) and `[FAULTS.NAME] reply_shape` for every shape;
+/// `[[dueslag]]` (pull, queue [`dueslag_id`]) and `[FAULTS.NAME] reply_shape` for every shape;
 /// the garbage dueslag's messages arrive after its send has failed.
 fn shaped_dueslag(faults: &str) -> (String, String) {
     let mut dueslag = String::new();
     let mut shapes = String::new();
     for (name, shape) in SHAPES {
-        dueslag +=
-            &format!("[[dueslag]]\nname = \"{name}\"\nmode = \"pull\"\nqueue = \"q-{name}\"\n");
+        dueslag += &pull_dueslag(name);
         shapes += &format!("[{faults}.{name}]\nreply_shape = \"{shape}\"\n");
     }
     shapes += "delay = \"300ms\"\n";
@@ -471,50 +482,10 @@ async fn every_reply_shape_on_the_simulator() {
 /// Publishes Alive messages to the afsend exchange as the exporter would, one per
 /// dueslag name, and returns the emulator's reply to each, as it came.
 async fn emulator_replies(url: &str, names: &[&str]) -> Vec<(String, Vec<u8>)> {
-    use futures::StreamExt;
-    use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
-    use lapin::types::FieldTable;
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    // Direct reply-to, as the exporter does: consumed without acks before the first publish.
-    let no_ack = BasicConsumeOptions {
-        no_ack: true,
-        ..BasicConsumeOptions::default()
-    };
-    let reply_to = "amq.rabbitmq.reply-to";
-    let consumer = ch.basic_consume(
-        reply_to.into(),
-        "schema-test".into(),
-        no_ack,
-        FieldTable::default(),
-    );
-    let mut replies = consumer.await.unwrap();
-    let mut out = vec![];
-    for name in names {
-        let props = lapin::BasicProperties::default()
-            .with_correlation_id(Uuid::new_v4().to_string().into())
-            .with_message_id(Uuid::new_v4().to_string().into())
-            .with_reply_to(reply_to.into());
-        ch.basic_publish(
-            "AFSEND_BESKED_EXCHANGE".into(),
-            "".into(),
-            BasicPublishOptions::default(),
-            alive_to(name, "schema-test").as_bytes(),
-            props,
-        )
-        .await
-        .unwrap();
-        let reply = tokio::time::timeout(Duration::from_secs(10), replies.next())
-            .await
-            .expect("the emulator answers")
-            .unwrap()
-            .unwrap();
-        out.push((name.to_string(), reply.data));
-    }
-    conn.close(200, "done".into()).await.unwrap();
-    out
+    let bodies: Vec<String> = names.iter().map(|n| alive_to(n, "schema-test")).collect();
+    let bodies: Vec<&[u8]> = bodies.iter().map(|b| b.as_bytes()).collect();
+    let replies = emulator::afsend_calls(url, &bodies).await;
+    names.iter().map(|n| n.to_string()).zip(replies).collect()
 }
 
 #[tokio::test]
@@ -538,13 +509,10 @@ require_token = false
 [[dueslag]]
 name = "h"
 mode = "push"
+id = "{h}"
 push_url = "{tap_url}/push/h"
 
-[[dueslag]]
-name = "idle"
-mode = "pull"
-queue = "q-idle"
-
+{idle}
 {shapes}
 [faults.h]
 business_every = "300ms"
@@ -554,11 +522,14 @@ foreign_every = "300ms"
 business_every = "200ms"
 foreign_every = "200ms"
 "#,
-        dueslag
+        dueslag,
+        h = dueslag_id("h"),
+        idle = pull_dueslag("idle"),
     );
     let emu = emulator::start_emulator(&emulated).await;
     let exporter = format!(
-        "{IDENTITY}[broker]\nbackend = \"amqp\"\nurl = \"{url}\"\nauth = \"plain\"\n\n[defaults]\ninterval = \"200ms\"\ntimeout = \"5s\"\nsend_timeout = \"2s\"\n\n{dueslag}[[dueslag]]\nname = \"h\"\nmode = \"push\"\n"
+        "{IDENTITY}[broker]\nbackend = \"amqp\"\nurl = \"{url}\"\nauth = \"plain\"\n\n[defaults]\ninterval = \"200ms\"\ntimeout = \"5s\"\nsend_timeout = \"2s\"\n\n{dueslag}{}",
+        push_dueslag("h")
     );
     let (s, _f) = start(&exporter).await;
     tap.forward_to(&s);
@@ -569,8 +540,12 @@ foreign_every = "200ms"
 
     // What the emulator put into a queue nobody consumes: injected business and foreign
     // Alive messages.
-    let queued = queue_bodies_at_least(&url, "q-idle", 2).await;
-    docs.extend(queued.into_iter().map(|b| doc("queued in q-idle", b)));
+    let queued = queue_bodies_at_least(&url, &dueslag_id("idle"), 2).await;
+    docs.extend(
+        queued
+            .into_iter()
+            .map(|b| doc("queued in the idle dueslag", b)),
+    );
     // Its Afsend replies, one per shape.
     let names: Vec<&str> = SHAPES.iter().map(|(n, _)| *n).collect();
     let replies = emulator_replies(&url, &names).await;

@@ -224,8 +224,12 @@ async fn exporter_step(
                 .join(", "),
             interval.as_micros()
         );
-        for (name, queue) in names(r.dueslag) {
-            let d = format!("[[dueslag]]\nname = \"{name}\"\nmode = \"pull\"\nqueue = \"{queue}\"\n");
+        for (i, (name, queue)) in names(r.dueslag).enumerate() {
+            // The queues have names, so each dueslag gets a UUID of its own: the
+            // RelateretObjekt the emulator routes it by.
+            let d = format!(
+                "[[dueslag]]\nname = \"{name}\"\nmode = \"pull\"\nqueue = \"{queue}\"\nid = \"00000000-0000-4000-8000-{i:012}\"\n"
+            );
             emu.push_str(&d);
             exp.push_str(&d);
         }
@@ -366,6 +370,10 @@ async fn baseline(
         besked_id: uuid::Uuid::new_v4(),
         anvendersystem: uuid::Uuid::new_v4(),
         cvr: "29189846",
+        relateret_objekt: &bfo_alive_exporter::message::RelateretObjekt::dueslag(
+            uuid::Uuid::new_v4(),
+            &bfo_alive_exporter::message::UnikId::Urn("urn:bfo-alive-exporter:dueslag".into()),
+        ),
         payload: &bfo_alive_exporter::message::ProbePayload {
             instance: "bench".into(),
             run: uuid::Uuid::new_v4(),

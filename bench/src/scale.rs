@@ -43,7 +43,7 @@ pub fn sim_config(s: &SimSetup<'_>) -> String {
     for i in 1..=s.dueslag {
         let _ = writeln!(
             t,
-            "[[dueslag]]\nname = \"d{i:05}\"\nmode = \"pull\"\nqueue = \"q{i:05}\""
+            "[[dueslag]]\nname = \"d{i:05}\"\nmode = \"pull\"\nqueue = \"q{i:05}\"\nid = \"00000000-0000-4000-8000-{i:012}\""
         );
     }
     for i in 1..=s.dueslag {

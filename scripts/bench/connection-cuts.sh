@@ -102,10 +102,12 @@ ADDR=127.0.0.1:$PORT
 dueslag_toml() { # MODE: the [[dueslag]] tables, for the exporter (no push_url) or the emulator
     local i
     for ((i = 1; i <= PULL; i++)); do
-        printf '[[dueslag]]\nname = "pull-%d"\nmode = "pull"\nqueue = "q-cuts-%d"\n\n' "$i" "$i"
+        # Named queues: each dueslag gets a UUID of its own (the RelateretObjekt it is
+        # routed by), the same on both sides.
+        printf '[[dueslag]]\nname = "pull-%d"\nmode = "pull"\nqueue = "q-cuts-%d"\nid = "00000000-0000-4000-8000-%012d"\n\n' "$i" "$i" "$i"
     done
     for ((i = 1; i <= PUSH; i++)); do
-        printf '[[dueslag]]\nname = "push-%d"\nmode = "push"\n' "$i"
+        printf '[[dueslag]]\nname = "push-%d"\nmode = "push"\nid = "00000000-0000-4000-9000-%012d"\n' "$i" "$i"
         [ "$1" = emulator ] && printf 'push_url = "http://%s/push/push-%d"\n' "$ADDR" "$i"
         printf '\n'
     done

@@ -157,15 +157,18 @@ send_timeout = "300ms"
 name = "aa-healthy-pull"
 mode = "pull"
 queue = "q-aa"
+id = "0a5e7c1b-3d2f-4e6a-8b9c-1d2e3f4a5b01"
 
 [[dueslag]]
 name = "mm-healthy-push"
 mode = "push"
+id = "0a5e7c1b-3d2f-4e6a-8b9c-1d2e3f4a5b02"
 
 [[dueslag]]
 name = "$2"
 mode = "pull"
 queue = "q-$2"
+id = "0a5e7c1b-3d2f-4e6a-8b9c-1d2e3f4a5b03"
 
 [sim.faults.$2]
 loss = 1.0

@@ -93,7 +93,7 @@ else
   ops_log "FAIL: a file without a backend gave exit $rc: $out"
   fail=1
 fi
-for sub in "" demo probe emulate; do
+for sub in "" demo probe setup emulate; do
   # shellcheck disable=SC2086
   if "$bin" $sub --help >/dev/null 2>&1; then
     ops_log "ok: bfo-alive-exporter $sub --help"

@@ -8,7 +8,7 @@
 //! the supervisor diffs on reload, and [`Config::backend_part`] names what forces a backend
 //! rebuild.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use serde::Deserialize;
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::message::ReplyShape;
+use crate::message::{ReplyShape, UnikId};
 use crate::protocol::{self, Service, environment::Preset};
 
 mod resolve;
@@ -78,6 +78,9 @@ pub struct ExporterConfig {
     /// Enables `GET /probe` (it sends real messages).
     #[serde(default)]
     pub probe_endpoint: bool,
+    /// The ObjektType of the RelateretObjekt that addresses each Alive message to its
+    /// dueslag, a URN or a UUID; default [`protocol::DUESLAG_OBJEKT_TYPE`].
+    pub objekt_type: Option<String>,
 }
 
 impl Default for ExporterConfig {
@@ -86,6 +89,7 @@ impl Default for ExporterConfig {
             instance: None,
             roundtrip_buckets: default_buckets(),
             probe_endpoint: false,
+            objekt_type: None,
         }
     }
 }
@@ -238,6 +242,10 @@ pub struct PushConfig {
     #[serde(default = "default_max_body")]
     pub max_body: bytesize::ByteSize,
     pub tls: Option<PushTls>,
+    /// The `https://` base URL at which the Beskedfordeler reaches the push endpoint (a
+    /// load balancer or ingress in front of the listener): `setup` prints
+    /// `{external_url}/push/{name}` as the endpoint to register. Nothing else reads it.
+    pub external_url: Option<String>,
 }
 
 impl Default for PushConfig {
@@ -246,6 +254,7 @@ impl Default for PushConfig {
             listen: None,
             max_body: default_max_body(),
             tls: None,
+            external_url: None,
         }
     }
 }
@@ -353,6 +362,9 @@ pub enum Unexpected {
 pub struct DueslagConfig {
     pub name: String,
     pub mode: Mode,
+    /// The dueslag's UUID, carried by every Alive message as its RelateretObjekt's ObjektId.
+    /// Required for push; a pull dueslag's defaults to its queue (named by the UUID).
+    pub id: Option<String>,
     pub queue: Option<String>,
     #[serde(with = "humantime_serde", default)]
     pub interval: Option<Duration>,
@@ -368,8 +380,36 @@ pub struct SimConfig {
     /// Beskedfordeler POSTs to the URL registered for a dueslag. Default: this exporter's
     /// own push listener. Set it to reach the exporter through a proxy in between.
     pub push_base: Option<String>,
+    /// The abonnement of a dueslag, by name: what the simulated Beskedfordeler routes to it.
+    /// Default `relateret-objekt`.
+    #[serde(default)]
+    pub abonnement: BTreeMap<String, AbonnementKind>,
     #[serde(default)]
     pub faults: BTreeMap<String, Faults>,
+}
+
+/// What a simulated abonnement (the simulator's `[sim.abonnement]`, the emulator's
+/// `[[dueslag]] abonnement`) filters on besides the beskedtype (ARCHITECTURE.md §2).
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum AbonnementKind {
+    /// The RelateretObjekt that names the dueslag (ObjektId = its UUID, ObjektType =
+    /// `objekt_type`): each Alive message reaches only its own dueslag, as `setup` says to
+    /// set it up.
+    #[default]
+    RelateretObjekt,
+    /// Nothing: every message of a subscribed beskedtype (the whole system's Alive messages
+    /// reach this dueslag: each counts the others' as `misrouted`).
+    FanOut,
+}
+
+impl AbonnementKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AbonnementKind::RelateretObjekt => "relateret-objekt",
+            AbonnementKind::FanOut => "fan-out",
+        }
+    }
 }
 
 /// An outage window, relative to the start of the simulator.
@@ -458,6 +498,8 @@ fn default_reject_code() -> i32 {
 pub struct DueslagSpec {
     pub name: String,
     pub mode: Mode,
+    /// The dueslag's UUID (`id`, or a pull dueslag's `queue`).
+    pub id: Uuid,
     pub queue: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
@@ -467,6 +509,18 @@ pub struct DueslagSpec {
     pub max_inflight: usize,
     pub max_held: usize,
     pub unexpected: Unexpected,
+}
+
+impl DueslagConfig {
+    /// The dueslag's UUID: `id`, else a pull dueslag's `queue`; `None` when neither is one
+    /// (validation refuses that).
+    pub fn uuid(&self) -> Option<Uuid> {
+        match (&self.id, self.mode) {
+            (Some(id), _) => id.parse().ok(),
+            (None, Mode::Pull) => self.queue.as_deref()?.parse().ok(),
+            (None, Mode::Push) => None,
+        }
+    }
 }
 
 impl BrokerConfig {
@@ -542,6 +596,15 @@ impl Config {
         })
     }
 
+    /// The ObjektType that addresses Alive messages to dueslag (validated at load).
+    pub fn objekt_type(&self) -> UnikId {
+        self.exporter
+            .objekt_type
+            .as_deref()
+            .and_then(|t| t.parse().ok())
+            .unwrap_or_else(|| UnikId::Urn(protocol::DUESLAG_OBJEKT_TYPE.into()))
+    }
+
     /// Every dueslag with its defaults resolved.
     pub fn dueslag_specs(&self) -> Vec<DueslagSpec> {
         let d = &self.defaults;
@@ -550,6 +613,7 @@ impl Config {
             .map(|ds| DueslagSpec {
                 name: ds.name.clone(),
                 mode: ds.mode,
+                id: ds.uuid().unwrap_or_default(),
                 queue: ds.queue.clone(),
                 interval: ds.interval.unwrap_or(d.interval),
                 timeout: ds.timeout.unwrap_or(d.timeout),
@@ -566,9 +630,10 @@ impl Config {
     /// What the transports are built from: when this differs on reload, the backend is
     /// rebuilt and every loop restarts on it. Everything else applies without touching the
     /// backend: `[defaults]` and `[[dueslag]]` restart only the dueslag they change,
-    /// `[exporter] instance` restarts the loops (it is in every payload),
-    /// `[exporter] probe_endpoint` applies at once, and `[sim.faults]` goes to the running
-    /// simulator.
+    /// `[exporter] instance` and `objekt_type` restart the loops (they are in every
+    /// message), `[exporter] probe_endpoint` applies at once, `[sim.faults]` and
+    /// `[sim.abonnement]` go to the running simulator, and `[push] external_url` is read only
+    /// by `setup`.
     /// The set of [`Config::services`] is part of it: a reload that adds the first pull
     /// dueslag needs the afhent connection and token that a push-only backend never made.
     pub fn backend_part(&self) -> BackendPart<'_> {
@@ -576,7 +641,11 @@ impl Config {
             broker: self.broker.as_ref(),
             token: self.token.as_ref(),
             identity: &self.identity,
-            push: &self.push,
+            push: (
+                self.push.listen.as_ref(),
+                self.push.max_body,
+                self.push.tls.as_ref(),
+            ),
             services: self.services(),
         }
     }
@@ -599,7 +668,8 @@ pub struct BackendPart<'a> {
     pub broker: Option<&'a BrokerConfig>,
     pub token: Option<&'a TokenConfig>,
     pub identity: &'a IdentityConfig,
-    pub push: &'a PushConfig,
+    /// `[push]` `listen`, `max_body` and `tls`.
+    pub push: (Option<&'a String>, bytesize::ByteSize, Option<&'a PushTls>),
     pub services: Vec<Service>,
 }
 

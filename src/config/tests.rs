@@ -13,7 +13,7 @@ cvr = "29189846"
 [[dueslag]]
 name = "a"
 mode = "pull"
-queue = "q"
+queue = "c82e55b4-d9aa-4c15-90cf-f4fbc0f85037"
 "#;
 
 #[test]
@@ -78,8 +78,9 @@ fn load_error(text: &str) -> String {
     Config::parse(text, "t.toml").unwrap_err().to_string()
 }
 
-pub(crate) const PULL: &str = "[[dueslag]]\nname = \"a\"\nmode = \"pull\"\nqueue = \"q\"\n";
-pub(crate) const PUSH: &str = "[[dueslag]]\nname = \"h\"\nmode = \"push\"\n";
+pub(crate) const PULL: &str = "[[dueslag]]\nname = \"a\"\nmode = \"pull\"\nqueue = \"c82e55b4-d9aa-4c15-90cf-f4fbc0f85037\"\n";
+pub(crate) const PUSH: &str =
+    "[[dueslag]]\nname = \"h\"\nmode = \"push\"\nid = \"6d5a5d9e-3f0b-4a55-9d6e-0c1f2b3a4d5e\"\n";
 
 fn entity_ids(t: &TokenConfig) -> [Option<&str>; 2] {
     [t.afsend_entity_id.as_deref(), t.afhent_entity_id.as_deref()]
@@ -300,7 +301,11 @@ fn services_follow_the_modes_and_adding_pull_rebuilds_the_backend() {
     assert_ne!(push.backend_part(), both.backend_part());
     // Another push dueslag changes nothing global.
     let more = Config::parse(
-        &text(&format!("{PUSH}{}", PUSH.replace("\"h\"", "\"h2\""))),
+        &text(&format!(
+            "{PUSH}{}",
+            PUSH.replace("\"h\"", "\"h2\"")
+                .replace("6d5a5d9e", "7d5a5d9e")
+        )),
         "p.toml",
     )
     .unwrap();
@@ -347,4 +352,133 @@ fn broker_password_is_masked() {
     let shown = format!("{u:?}");
     assert!(!shown.contains("hunter2"), "{shown}");
     assert!(shown.contains("***"));
+}
+
+#[test]
+fn every_dueslag_has_a_unique_uuid_and_pull_takes_its_queue() {
+    let c = Config::parse(&format!("{MINIMAL}{PUSH}"), "m.toml").unwrap();
+    let ids: Vec<String> = c.dueslag_specs().iter().map(|s| s.id.to_string()).collect();
+    assert_eq!(
+        ids,
+        [
+            "c82e55b4-d9aa-4c15-90cf-f4fbc0f85037",
+            "6d5a5d9e-3f0b-4a55-9d6e-0c1f2b3a4d5e"
+        ]
+    );
+    // A pull dueslag's own id wins over its queue.
+    let own = MINIMAL.replace(
+        "mode = \"pull\"\n",
+        "mode = \"pull\"\nid = \"0e6bb0c4-6a51-4c3e-9d0c-62c4d2d3a1b0\"\n",
+    );
+    let c = Config::parse(&own, "m.toml").unwrap();
+    assert_eq!(
+        c.dueslag_specs()[0].id.to_string(),
+        "0e6bb0c4-6a51-4c3e-9d0c-62c4d2d3a1b0"
+    );
+    // A queue that is no UUID needs an id, and the error says why.
+    let named = MINIMAL.replace("c82e55b4-d9aa-4c15-90cf-f4fbc0f85037", "q-a");
+    let e = load_error(&named);
+    assert!(
+        e.contains("dueslag.a.id: required, as queue \"q-a\" is not a UUID")
+            && e.contains("RelateretObjekt"),
+        "{e}"
+    );
+    let fixed = named.replace(
+        "mode = \"pull\"\n",
+        "mode = \"pull\"\nid = \"0e6bb0c4-6a51-4c3e-9d0c-62c4d2d3a1b0\"\n",
+    );
+    Config::parse(&fixed, "m.toml").unwrap();
+    let e = load_error(&MINIMAL.replace("queue =", "id = \"x\"\nqueue ="));
+    assert!(e.contains("dueslag.a.id: \"x\" is not a UUID"), "{e}");
+    let e = load_error(&format!(
+        "{MINIMAL}{}",
+        PUSH.replace(
+            "6d5a5d9e-3f0b-4a55-9d6e-0c1f2b3a4d5e",
+            "C82E55B4-D9AA-4C15-90CF-F4FBC0F85037"
+        )
+    ));
+    assert!(
+        e.contains(
+            "dueslag.h.id: c82e55b4-d9aa-4c15-90cf-f4fbc0f85037 is also the id of dueslag \"a\""
+        ),
+        "{e}"
+    );
+    let e = load_error(&format!(
+        "{MINIMAL}[[dueslag]]\nname = \"h\"\nmode = \"push\"\n"
+    ));
+    assert!(
+        e.contains("dueslag.h.id: required for a push dueslag"),
+        "{e}"
+    );
+}
+
+#[test]
+fn objekt_type_is_a_urn_or_a_uuid() {
+    let c = Config::parse(MINIMAL, "m.toml").unwrap();
+    assert_eq!(
+        c.objekt_type(),
+        UnikId::Urn("urn:bfo-alive-exporter:dueslag".into())
+    );
+    let with = |t: &str| {
+        MINIMAL.replace(
+            "[broker]",
+            &format!("[exporter]\nobjekt_type = \"{t}\"\n\n[broker]"),
+        )
+    };
+    let c = Config::parse(&with("e2b5f4a0-1c3d-4e5f-8a9b-0c1d2e3f4a5b"), "m.toml").unwrap();
+    assert_eq!(c.objekt_type().element(), "UUIDIdentifikator");
+    let c = Config::parse(&with("urn:example:dueslag"), "m.toml").unwrap();
+    assert_eq!(c.objekt_type(), UnikId::Urn("urn:example:dueslag".into()));
+    let e = load_error(&with("dueslag"));
+    assert!(
+        e.contains("exporter.objekt_type: \"dueslag\" is neither a UUID nor a URN"),
+        "{e}"
+    );
+    // It goes into every message, so it is not part of the backend.
+    let a = Config::parse(MINIMAL, "m.toml").unwrap();
+    let b = Config::parse(&with("urn:example:dueslag"), "m.toml").unwrap();
+    assert_eq!(a.backend_part(), b.backend_part());
+}
+
+#[test]
+fn external_url_is_https_and_leaves_the_backend_alone() {
+    let with = |u: &str| format!("{MINIMAL}\n[push]\nexternal_url = \"{u}\"\n");
+    let a = Config::parse(MINIMAL, "m.toml").unwrap();
+    let b = Config::parse(&with("https://alive.example.dk/bfo"), "m.toml").unwrap();
+    assert_eq!(a.backend_part(), b.backend_part());
+    for bad in [
+        "http://alive.example.dk",
+        "alive.example.dk",
+        "https://x.dk/?a=b",
+    ] {
+        let e = load_error(&with(bad));
+        assert!(
+            e.contains("push.external_url:") && e.contains("https://"),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn sim_abonnement_names_a_dueslag_and_needs_the_simulator() {
+    let with = |t: &str| format!("{MINIMAL}\n[sim.abonnement]\n{t}\n");
+    let c = Config::parse(&with("a = \"fan-out\""), "m.toml").unwrap();
+    assert_eq!(c.sim.abonnement["a"], AbonnementKind::FanOut);
+    let e = load_error(&with("b = \"fan-out\""));
+    assert!(
+        e.contains("sim.abonnement.b: no dueslag is named \"b\""),
+        "{e}"
+    );
+    let e = load_error(&with("a = \"everything\""));
+    assert!(e.contains("sim.abonnement"), "{e}");
+    let amqp = amqp(
+        "environment = \"eksterntest\"",
+        "source = \"sts\"",
+        &format!("{PULL}\n[sim.abonnement]\na = \"fan-out\"\n"),
+    );
+    let e = load_error(&amqp);
+    assert!(
+        e.contains("sim.abonnement: only with [broker] backend = \"sim\""),
+        "{e}"
+    );
 }

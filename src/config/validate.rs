@@ -25,6 +25,11 @@ impl Config {
                     .into(),
             );
         }
+        if let Some(t) = &self.exporter.objekt_type {
+            t.parse::<UnikId>().map_err(|e| {
+                format!("exporter.objekt_type: {e}; it is the ObjektType every dueslag's abonnement filters on (default {:?})", protocol::DUESLAG_OBJEKT_TYPE)
+            })?;
+        }
         if let Some(broker) = &self.broker {
             if broker.backend == BackendKind::Amqp {
                 let url = broker.url.as_ref().ok_or_else(|| match broker.environment {
@@ -139,6 +144,19 @@ impl Config {
         if self.push.tls.is_some() && self.push.listen.is_none() {
             return Err("push.tls: needs push.listen (TLS applies to the push listener; /metrics stays plain)".into());
         }
+        if let Some(u) = &self.push.external_url {
+            let ok = url::Url::parse(u).is_ok_and(|p| {
+                p.scheme() == "https"
+                    && p.host_str().is_some()
+                    && p.query().is_none()
+                    && p.fragment().is_none()
+            });
+            if !ok {
+                return Err(format!(
+                    "push.external_url: {u:?} is not an https:// URL; it is the base the Beskedfordeler reaches the push endpoint at (over HTTPS), e.g. \"https://alive.example.dk\""
+                ));
+            }
+        }
         let d = &self.defaults;
         for (key, v) in [
             ("defaults.interval", d.interval),
@@ -167,6 +185,7 @@ impl Config {
             ));
         }
         let mut names = HashSet::new();
+        let mut ids: HashMap<Uuid, &str> = HashMap::new();
         for (i, ds) in self.dueslag.iter().enumerate() {
             let key = format!("dueslag[{i}]");
             if ds.name.is_empty()
@@ -196,6 +215,27 @@ impl Config {
                     ));
                 }
                 _ => {}
+            }
+            let id = match (&ds.id, ds.mode) {
+                (Some(id), _) => id.parse::<Uuid>().map_err(|_| {
+                    format!("{key}.id: {id:?} is not a UUID; it is the dueslag's UUID from the Administrationsmodul")
+                })?,
+                (None, Mode::Push) => {
+                    return Err(format!(
+                        "{key}.id: required for a push dueslag: its UUID from the Administrationsmodul, which every Alive message carries as RelateretObjekt so that its abonnement can select them"
+                    ));
+                }
+                (None, Mode::Pull) => {
+                    let queue = ds.queue.as_deref().unwrap_or_default();
+                    queue.parse::<Uuid>().map_err(|_| {
+                        format!("{key}.id: required, as queue {queue:?} is not a UUID: set id to the dueslag's UUID from the Administrationsmodul, which every Alive message carries as RelateretObjekt (a pull dueslag's id defaults to its queue, which the Beskedfordeler names by that UUID)")
+                    })?
+                }
+            };
+            if let Some(other) = ids.insert(id, &ds.name) {
+                return Err(format!(
+                    "{key}.id: {id} is also the id of dueslag {other:?}; each dueslag has its own UUID, and its abonnement selects the Alive messages addressed to it"
+                ));
             }
             for (k, v) in [("interval", ds.interval), ("timeout", ds.timeout)] {
                 if v.is_some_and(|v| v.is_zero()) {
@@ -228,6 +268,16 @@ impl Config {
         }
         if !self.sim.faults.is_empty() && self.backend() != BackendKind::Sim {
             return Err("sim.faults: only with [broker] backend = \"sim\"".into());
+        }
+        for name in self.sim.abonnement.keys() {
+            if !names.contains(name.as_str()) {
+                return Err(format!(
+                    "sim.abonnement.{name}: no dueslag is named {name:?}"
+                ));
+            }
+        }
+        if !self.sim.abonnement.is_empty() && self.backend() != BackendKind::Sim {
+            return Err("sim.abonnement: only with [broker] backend = \"sim\" (a real Beskedfordeler's abonnements are set up in its Administrationsmodul: see `bfo-alive-exporter setup`)".into());
         }
         if let Some(base) = &self.sim.push_base {
             if self.backend() != BackendKind::Sim {

@@ -103,13 +103,14 @@ pub async fn run(args: ProbeArgs) -> Report {
     trace.ok(
         "dueslag",
         format!(
-            "{} ({}{})",
+            "{} ({}{}, id {})",
             ds.name,
             ds.mode.as_str(),
             ds.queue
                 .as_deref()
                 .map(|q| format!(", queue {q}"))
-                .unwrap_or_default()
+                .unwrap_or_default(),
+            ds.uuid().map_or("none".into(), |u| u.to_string())
         ),
     );
     if config.backend() == BackendKind::Amqp && !preflight(&config, &mut trace).await {
@@ -158,8 +159,11 @@ pub async fn run(args: ProbeArgs) -> Report {
         );
     }
     let timeout = args.timeout.unwrap_or(running.probe.spec.timeout);
+    let check = AbonnementCheck::send(&running.probe, running.afsender.as_ref(), timeout).await;
     let mut arrived = 0;
+    let mut took = Duration::ZERO;
     for _ in 0..args.count.max(1) {
+        let started = Instant::now();
         if on_demand::probe_once(
             &running.probe,
             running.afsender.as_ref(),
@@ -169,12 +173,96 @@ pub async fn run(args: ProbeArgs) -> Report {
         .await
         {
             arrived += 1;
+            took = started.elapsed();
         }
     }
+    let filters = match check {
+        Some(check) if arrived > 0 => check.conclude(&running.probe, took, &mut trace).await,
+        _ => true,
+    };
     server.stop().await;
     let sent = args.count.max(1);
-    let code = if arrived == sent { 0 } else { 1 };
+    let code = if arrived == sent && filters { 0 } else { 1 };
     report(trace, sent, arrived, code)
+}
+
+/// Whether the dueslag's abonnement filters on RelateretObjekt: an Alive message addressed
+/// to no dueslag (a new UUID as RelateretObjekt) is sent before the probes; if it arrives
+/// in the dueslag all the same, the abonnement would let every other dueslag's Alive
+/// messages in too (each counted there as `misrouted`).
+struct AbonnementCheck {
+    besked_id: uuid::Uuid,
+    address: String,
+    arrival: tokio::sync::oneshot::Receiver<Instant>,
+}
+
+impl AbonnementCheck {
+    /// Sends the message; `None` when the Beskedfordeler did not accept it (the probes will
+    /// show why), so there is nothing to check.
+    async fn send(
+        probe: &crate::probe::DueslagProbe,
+        afsender: &dyn crate::transport::Afsender,
+        timeout: Duration,
+    ) -> Option<AbonnementCheck> {
+        let (msg, arrival) = probe.on_demand_elsewhere();
+        let spec = &probe.spec;
+        let report = crate::send::send(
+            afsender,
+            &msg,
+            spec.send_attempts,
+            spec.send_timeout.min(timeout),
+        )
+        .await;
+        let address = crate::message::parse_haendelsesbesked(&msg.body)
+            .ok()
+            .and_then(|m| m.relateret_objekt.into_iter().next())
+            .map(|r| format!("ObjektId {}, ObjektType {}", r.objekt_id, r.objekt_type))
+            .unwrap_or_default();
+        if !matches!(report, crate::send::SendReport::Accepted { .. }) {
+            probe.abandon_on_demand(msg.besked_id);
+            return None;
+        }
+        Some(AbonnementCheck {
+            besked_id: msg.besked_id,
+            address,
+            arrival,
+        })
+    }
+
+    /// After the probes, at least one of which arrived: waits up to `grace` (as long as a
+    /// probe took; the message was sent before them) and traces the verdict. True when the
+    /// message stayed away, i.e. the abonnement filters.
+    async fn conclude(
+        self,
+        probe: &crate::probe::DueslagProbe,
+        grace: Duration,
+        trace: &mut Trace,
+    ) -> bool {
+        let came = tokio::time::timeout(grace, self.arrival)
+            .await
+            .is_ok_and(|r| r.is_ok());
+        probe.abandon_on_demand(self.besked_id);
+        let name = &probe.spec.name;
+        if came {
+            trace.fail(
+                "abonnement",
+                format!(
+                    "an Alive message addressed to another dueslag (RelateretObjekt {}) arrived in dueslag {name} too",
+                    self.address
+                ),
+                hints::MISROUTED,
+            );
+        } else {
+            trace.ok(
+                "abonnement",
+                format!(
+                    "an Alive message addressed to another dueslag (RelateretObjekt {}), sent first, did not arrive in dueslag {name}: its abonnement filters on RelateretObjekt",
+                    self.address
+                ),
+            );
+        }
+        !came
+    }
 }
 
 /// Token, TLS and AMQP connection, each traced. False when one failed.

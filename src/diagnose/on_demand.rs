@@ -37,7 +37,9 @@ fn send_hint(reason: SendFailure) -> &'static str {
 }
 
 /// Sends one on-demand Alive message on `probe`'s dueslag and waits up to `timeout` for it,
-/// tracing the publish and the delivery. True when it arrived.
+/// tracing the publish and the delivery, and any Alive message of this run for another
+/// dueslag that arrived meanwhile (misrouted: the abonnement does not filter on
+/// RelateretObjekt). True when it arrived.
 pub async fn probe_once(
     probe: &DueslagProbe,
     afsender: &dyn Afsender,
@@ -46,6 +48,7 @@ pub async fn probe_once(
 ) -> bool {
     let (msg, arrival) = probe.on_demand();
     let id = msg.besked_id;
+    let misrouted_before = probe.misrouted();
     let spec = &probe.spec;
     let started = Instant::now();
     let send_timeout = spec.send_timeout.min(timeout);
@@ -85,7 +88,7 @@ pub async fn probe_once(
         }
     };
     probe.abandon_on_demand(id);
-    match arrived {
+    let ok = match arrived {
         Some(at) => {
             trace.ok_timed(
                 "delivery",
@@ -112,7 +115,19 @@ pub async fn probe_once(
             }
             false
         }
+    };
+    let misrouted = probe.misrouted() - misrouted_before;
+    if misrouted > 0 {
+        trace.fail(
+            "abonnement",
+            format!(
+                "{misrouted} Alive message(s) of this exporter for other dueslag arrived in dueslag {} meanwhile (misrouted)",
+                spec.name
+            ),
+            hints::MISROUTED,
+        );
     }
+    ok
 }
 
 /// `GET /probe?dueslag=NAME[&debug=true]` for a running dueslag: rate-limited to one per

@@ -65,12 +65,122 @@ pub struct ProbePayload {
     pub sent_at: SystemTime,
 }
 
+/// A `sd:UnikIdType`: a `UUIDIdentifikator` or a `URNIdentifikator` (KOMBIT's schemas allow
+/// either wherever an id goes: Beskedtype, TilladtModtager, ObjektId, ObjektType, …).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum UnikId {
+    Uuid(Uuid),
+    /// A URN, as written (URNs are compared as written, like the Beskedfordeler's filters).
+    Urn(String),
+}
+
+impl UnikId {
+    /// The element name this id is written in.
+    pub fn element(&self) -> &'static str {
+        match self {
+            UnikId::Uuid(_) => "UUIDIdentifikator",
+            UnikId::Urn(_) => "URNIdentifikator",
+        }
+    }
+
+    /// The UUID, when it is one.
+    pub fn uuid(&self) -> Option<Uuid> {
+        match self {
+            UnikId::Uuid(u) => Some(*u),
+            UnikId::Urn(_) => None,
+        }
+    }
+
+    /// `<sd:UUIDIdentifikator>…</sd:UUIDIdentifikator>` or the URN form, with the sagdok
+    /// prefix `sd` (e.g. `"sd:"`).
+    fn to_xml(&self, sd: &str) -> String {
+        format!(
+            "<{sd}{e}>{}</{sd}{e}>",
+            escape(&self.to_string()),
+            e = self.element()
+        )
+    }
+}
+
+impl std::fmt::Display for UnikId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            UnikId::Uuid(u) => write!(f, "{u}"),
+            UnikId::Urn(u) => f.write_str(u),
+        }
+    }
+}
+
+/// Why a text is no [`UnikId`].
+#[derive(Debug, Clone, PartialEq, Error)]
+#[error("{0:?} is neither a UUID nor a URN (urn:…)")]
+pub struct NotUnikId(pub String);
+
+impl std::str::FromStr for UnikId {
+    type Err = NotUnikId;
+
+    /// A UUID, else a URN: `urn:` (any case) followed by at least a namespace and a name,
+    /// without white space.
+    fn from_str(s: &str) -> Result<Self, NotUnikId> {
+        if let Ok(u) = s.parse::<Uuid>() {
+            return Ok(UnikId::Uuid(u));
+        }
+        let urn = s.len() > 4
+            && s[..4].eq_ignore_ascii_case("urn:")
+            && s[4..].contains(':')
+            && !s.starts_with("urn::")
+            && !s.chars().any(|c| c.is_whitespace() || c.is_control());
+        if urn {
+            Ok(UnikId::Urn(s.to_string()))
+        } else {
+            Err(NotUnikId(s.to_string()))
+        }
+    }
+}
+
+/// A `RelateretObjekt` of Filtreringsdata: an object the message is about, which an
+/// abonnement can filter on. The exporter writes one per Alive message: `ObjektId` = the
+/// target dueslag's UUID, `ObjektType` = `[exporter] objekt_type` (ARCHITECTURE.md §2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelateretObjekt {
+    pub objekt_id: UnikId,
+    pub objekt_type: UnikId,
+    pub objekt_rolle: Option<UnikId>,
+}
+
+impl RelateretObjekt {
+    /// The RelateretObjekt that addresses an Alive message to dueslag `id`.
+    pub fn dueslag(id: Uuid, objekt_type: &UnikId) -> Self {
+        RelateretObjekt {
+            objekt_id: UnikId::Uuid(id),
+            objekt_type: objekt_type.clone(),
+            objekt_rolle: None,
+        }
+    }
+
+    /// The element, with the kuvert prefix `k` and the sagdok prefix `sd` (`""`, `"k:"`, …).
+    fn to_xml(&self, k: &str, sd: &str) -> String {
+        let rolle = self
+            .objekt_rolle
+            .as_ref()
+            .map(|r| format!("<{k}ObjektRolle>{}</{k}ObjektRolle>", r.to_xml(sd)))
+            .unwrap_or_default();
+        format!(
+            "<{k}RelateretObjekt><{k}ObjektId>{}</{k}ObjektId><{k}ObjektType>{}</{k}ObjektType>{rolle}</{k}RelateretObjekt>",
+            self.objekt_id.to_xml(sd),
+            self.objekt_type.to_xml(sd)
+        )
+    }
+}
+
 /// What the exporter needs to build an Alive message.
 #[derive(Debug, Clone)]
 pub struct AliveSpec<'a> {
     pub besked_id: Uuid,
     pub anvendersystem: Uuid,
     pub cvr: &'a str,
+    /// The target dueslag ([`RelateretObjekt::dueslag`]), on which its abonnement filters.
+    pub relateret_objekt: &'a RelateretObjekt,
     pub payload: &'a ProbePayload,
 }
 
@@ -80,13 +190,25 @@ pub struct Haendelsesbesked {
     pub besked_id: Uuid,
     pub beskedtype: Option<Uuid>,
     pub ansvarlig_aktoer: Option<Uuid>,
-    pub tilladt_modtager: Option<String>,
+    /// Every TilladtModtager (authorities, as `urn:oio:cvr-nr:…`), in document order.
+    pub tilladt_modtager: Vec<UnikId>,
+    /// Every readable RelateretObjekt, in document order.
+    pub relateret_objekt: Vec<RelateretObjekt>,
     pub dannelsestidspunkt: Option<String>,
     /// Present when Beskeddata holds a well-formed probe payload of this exporter.
     pub probe: Option<ProbePayload>,
 }
 
 impl Haendelsesbesked {
+    /// The dueslag this message is addressed to: the UUID `ObjektId` of its first
+    /// RelateretObjekt of type `objekt_type` (ARCHITECTURE.md §2, routing by abonnement).
+    pub fn addressed_to(&self, objekt_type: &UnikId) -> Option<Uuid> {
+        self.relateret_objekt
+            .iter()
+            .find(|r| &r.objekt_type == objekt_type)
+            .and_then(|r| r.objekt_id.uuid())
+    }
+
     /// True when the beskedtype is the Alive type.
     pub fn is_alive(&self) -> bool {
         self.beskedtype.map(|t| t.to_string()) == Some(ALIVE_BESKEDTYPE.to_string())
@@ -165,6 +287,7 @@ fn alive_element(spec: &AliveSpec<'_>) -> String {
             r#"<Beskedtype><sd:UUIDIdentifikator>{alive}</sd:UUIDIdentifikator></Beskedtype>"#,
             r#"<BeskedAnsvarligAktoer><sd:UUIDIdentifikator>{aktoer}</sd:UUIDIdentifikator></BeskedAnsvarligAktoer>"#,
             r#"<TilladtModtager><sd:URNIdentifikator>{cvr}</sd:URNIdentifikator></TilladtModtager>"#,
+            r#"{relateret}"#,
             r#"<ObjektRegistrering>"#,
             r#"<ObjektRegistreringId><sd:UUIDIdentifikator>{registrering}</sd:UUIDIdentifikator></ObjektRegistreringId>"#,
             r#"<ObjektAnsvarligMyndighed><sd:URNIdentifikator>{cvr}</sd:URNIdentifikator></ObjektAnsvarligMyndighed>"#,
@@ -187,6 +310,7 @@ fn alive_element(spec: &AliveSpec<'_>) -> String {
         alive = ALIVE_BESKEDTYPE,
         aktoer = spec.anvendersystem,
         cvr = cvr_urn,
+        relateret = spec.relateret_objekt.to_xml("", "sd:"),
         made = format_time(p.sent_at),
         instance = escape(&p.instance),
         run = p.run,
@@ -393,6 +517,27 @@ fn read_probe(beskeddata: Node<'_, '_>) -> Option<ProbePayload> {
     })
 }
 
+/// A `sd:UnikIdType` element's id: its UUIDIdentifikator (which must hold a UUID) or its
+/// URNIdentifikator.
+fn read_unik_id(node: Node<'_, '_>) -> Option<UnikId> {
+    if let Some(uuid) = sagdok_child(node, "UUIDIdentifikator") {
+        return text_of(uuid)?.parse().ok().map(UnikId::Uuid);
+    }
+    sagdok_child(node, "URNIdentifikator")
+        .and_then(text_of)
+        .map(UnikId::Urn)
+}
+
+/// A RelateretObjekt with a readable ObjektId and ObjektType; `None` otherwise.
+fn read_relateret_objekt(node: Node<'_, '_>) -> Option<RelateretObjekt> {
+    let id = |name| child(node, NS_KUVERT, name).and_then(read_unik_id);
+    Some(RelateretObjekt {
+        objekt_id: id("ObjektId")?,
+        objekt_type: id("ObjektType")?,
+        objekt_rolle: id("ObjektRolle"),
+    })
+}
+
 fn read_haendelsesbesked(root: Node<'_, '_>) -> Result<Haendelsesbesked, ParseError> {
     expect_root(root, NS_KUVERT, "Haendelsesbesked")?;
     let besked_id = kuvert_leaf(root, &["BeskedId"], "UUIDIdentifikator")
@@ -406,11 +551,21 @@ fn read_haendelsesbesked(root: Node<'_, '_>) -> Result<Haendelsesbesked, ParseEr
     };
     let uuid_under =
         |last: &str| leaf_under(last, "UUIDIdentifikator").and_then(|t| t.parse().ok());
+    let filtreringsdata =
+        child(root, NS_KUVERT, "Beskedkuvert").and_then(|k| child(k, NS_KUVERT, "Filtreringsdata"));
+    let all = |name: &'static str| {
+        filtreringsdata
+            .into_iter()
+            .flat_map(move |f| f.children().filter(move |c| is(c, NS_KUVERT, name)))
+    };
     Ok(Haendelsesbesked {
         besked_id,
         beskedtype: uuid_under("Beskedtype"),
         ansvarlig_aktoer: uuid_under("BeskedAnsvarligAktoer"),
-        tilladt_modtager: leaf_under("TilladtModtager", "URNIdentifikator"),
+        tilladt_modtager: all("TilladtModtager").filter_map(read_unik_id).collect(),
+        relateret_objekt: all("RelateretObjekt")
+            .filter_map(read_relateret_objekt)
+            .collect(),
         dannelsestidspunkt: kuvert_leaf(
             root,
             &["Beskedkuvert", "Leveranceinformation", "Dannelsestidspunkt"],
@@ -537,16 +692,48 @@ pub fn parse_modtag_besked_output(bytes: &[u8]) -> Result<StandardRetur, ParseEr
     read_standard_retur(inner)
 }
 
+/// The Filtreringsdata an abonnement can filter on, for [`build_business_message_with`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Filtreringsdata {
+    /// The sending anvendersystem (BeskedAnsvarligAktoer).
+    pub ansvarlig_aktoer: Option<Uuid>,
+    pub tilladt_modtager: Vec<UnikId>,
+    pub relateret_objekt: Vec<RelateretObjekt>,
+}
+
 /// A Haendelsesbesked that is not an Alive message (a stand-in for business traffic,
 /// used by the simulator and tests). It carries no real business data, and is written
 /// with other prefixes than the Alive message, as another sender might.
 pub fn build_business_message(besked_id: Uuid, beskedtype: Uuid) -> String {
+    build_business_message_with(besked_id, beskedtype, &Filtreringsdata::default())
+}
+
+/// [`build_business_message`] with a sender, TilladtModtager and RelateretObjekt, so that
+/// an abonnement has something to filter on (the emulator's routing tests).
+pub fn build_business_message_with(
+    besked_id: Uuid,
+    beskedtype: Uuid,
+    filtrering: &Filtreringsdata,
+) -> String {
+    let mut extra = String::new();
+    if let Some(a) = filtrering.ansvarlig_aktoer {
+        extra += &format!(
+            "<k:BeskedAnsvarligAktoer>{}</k:BeskedAnsvarligAktoer>",
+            UnikId::Uuid(a).to_xml("s:")
+        );
+    }
+    for m in &filtrering.tilladt_modtager {
+        extra += &format!("<k:TilladtModtager>{}</k:TilladtModtager>", m.to_xml("s:"));
+    }
+    for r in &filtrering.relateret_objekt {
+        extra += &r.to_xml("k:", "s:");
+    }
     format!(
         concat!(
             r#"{decl}<k:Haendelsesbesked xmlns:k="{kuvert}" xmlns:s="{sagdok}">"#,
             r#"<k:BeskedId><s:UUIDIdentifikator>{id}</s:UUIDIdentifikator></k:BeskedId>"#,
             r#"<k:BeskedVersion>1.0</k:BeskedVersion>"#,
-            r#"<k:Beskedkuvert><k:Filtreringsdata><k:Beskedtype><s:UUIDIdentifikator>{t}</s:UUIDIdentifikator></k:Beskedtype></k:Filtreringsdata>"#,
+            r#"<k:Beskedkuvert><k:Filtreringsdata><k:Beskedtype><s:UUIDIdentifikator>{t}</s:UUIDIdentifikator></k:Beskedtype>{extra}</k:Filtreringsdata>"#,
             r#"<k:Leveranceinformation><k:Dannelsestidspunkt><s:TidsstempelDatoTid>{made}</s:TidsstempelDatoTid></k:Dannelsestidspunkt></k:Leveranceinformation>"#,
             r#"</k:Beskedkuvert><k:Beskeddata/></k:Haendelsesbesked>"#
         ),
@@ -555,6 +742,7 @@ pub fn build_business_message(besked_id: Uuid, beskedtype: Uuid) -> String {
         sagdok = NS_SAGDOK,
         id = besked_id,
         t = beskedtype,
+        extra = extra,
         made = format_time(SystemTime::now()),
     )
 }

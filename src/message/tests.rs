@@ -13,12 +13,20 @@ fn payload() -> ProbePayload {
     }
 }
 
+/// The dueslag the test messages are addressed to.
+const DUESLAG: Uuid = Uuid::from_u128(0xd);
+
+fn dueslag_type() -> UnikId {
+    UnikId::Urn(crate::protocol::DUESLAG_OBJEKT_TYPE.into())
+}
+
 fn alive(p: &ProbePayload) -> (Uuid, String) {
     let id = Uuid::new_v4();
     let xml = build_alive(&AliveSpec {
         besked_id: id,
         anvendersystem: Uuid::nil(),
         cvr: "29189846",
+        relateret_objekt: &RelateretObjekt::dueslag(DUESLAG, &dueslag_type()),
         payload: p,
     });
     (id, xml)
@@ -33,8 +41,17 @@ fn alive_round_trips() {
     assert!(m.is_alive());
     assert_eq!(m.ansvarlig_aktoer, Some(Uuid::nil()));
     assert_eq!(
-        m.tilladt_modtager.as_deref(),
-        Some("urn:oio:cvr-nr:29189846")
+        m.tilladt_modtager,
+        [UnikId::Urn("urn:oio:cvr-nr:29189846".into())]
+    );
+    assert_eq!(
+        m.relateret_objekt,
+        [RelateretObjekt::dueslag(DUESLAG, &dueslag_type())]
+    );
+    assert_eq!(m.addressed_to(&dueslag_type()), Some(DUESLAG));
+    assert_eq!(
+        m.addressed_to(&UnikId::Urn("urn:example:other".into())),
+        None
     );
     assert_eq!(m.probe, Some(p));
     assert!(m.dannelsestidspunkt.unwrap().ends_with(".123Z"));
@@ -49,6 +66,13 @@ const OTHER_PREFIXES: &str = r#"<?xml version="1.0"?>
   <ns2:Beskedkuvert><ns2:Filtreringsdata>
 <ns2:Beskedtype><UUIDIdentifikator xmlns="urn:oio:sagdok:3.0.0">f7e84a06-c47e-42e8-a864-fb4095d7f520</UUIDIdentifikator></ns2:Beskedtype>
 <ns2:TilladtModtager><q:URNIdentifikator xmlns:q="urn:oio:sag-dok:3.0.0">urn:oio:cvr-nr:29189846</q:URNIdentifikator></ns2:TilladtModtager>
+<ns2:RelateretObjekt><ns2:ObjektId><q:UUIDIdentifikator xmlns:q="urn:oio:sag-dok:3.0.0">00000000-0000-0000-0000-00000000000D</q:UUIDIdentifikator></ns2:ObjektId>
+<ns2:ObjektType><URNIdentifikator xmlns="urn:oio:sagdok:3.0.0">urn:bfo-alive-exporter:dueslag</URNIdentifikator></ns2:ObjektType></ns2:RelateretObjekt>
+<ns2:RelateretObjekt><ns2:ObjektId><URNIdentifikator xmlns="urn:oio:sagdok:3.0.0">urn:oio:cpr:x</URNIdentifikator></ns2:ObjektId>
+<ns2:ObjektType><UUIDIdentifikator xmlns="urn:oio:sagdok:3.0.0">00000000-0000-0000-0000-000000000007</UUIDIdentifikator></ns2:ObjektType>
+<ns2:ObjektRolle><URNIdentifikator xmlns="urn:oio:sagdok:3.0.0">urn:example:rolle</URNIdentifikator></ns2:ObjektRolle></ns2:RelateretObjekt>
+<ns2:RelateretObjekt><ns2:ObjektId><UUIDIdentifikator xmlns="urn:example:other">00000000-0000-0000-0000-000000000009</UUIDIdentifikator></ns2:ObjektId>
+<ns2:ObjektType><URNIdentifikator xmlns="urn:oio:sagdok:3.0.0">urn:bfo-alive-exporter:dueslag</URNIdentifikator></ns2:ObjektType></ns2:RelateretObjekt>
   </ns2:Filtreringsdata></ns2:Beskedkuvert>
   <ns2:Beskeddata><p:AliveProbe><p:Instance>x</p:Instance><p:Run>00000000-0000-0000-0000-000000000001</p:Run>
 <p:Dueslag>d</p:Dueslag><p:Sequence>7</p:Sequence><p:SentAt>2026-12-01T06:00:00.5Z</p:SentAt></p:AliveProbe></ns2:Beskeddata>
@@ -63,8 +87,20 @@ fn prefixes_do_not_matter_but_namespaces_do() {
         "0b1c3a42-8d2e-4f51-9a3b-1c2d3e4f5a6b"
     );
     assert_eq!(
-        m.tilladt_modtager.as_deref(),
-        Some("urn:oio:cvr-nr:29189846")
+        m.tilladt_modtager,
+        [UnikId::Urn("urn:oio:cvr-nr:29189846".into())]
+    );
+    // The RelateretObjekt, its leaves in the variant namespace and a default one; the one
+    // whose ObjektId is in a foreign namespace is unreadable and left out.
+    assert_eq!(m.addressed_to(&dueslag_type()), Some(DUESLAG));
+    assert_eq!(m.relateret_objekt.len(), 2);
+    assert_eq!(
+        m.relateret_objekt[1],
+        RelateretObjekt {
+            objekt_id: UnikId::Urn("urn:oio:cpr:x".into()),
+            objekt_type: UnikId::Uuid(Uuid::from_u128(7)),
+            objekt_rolle: Some(UnikId::Urn("urn:example:rolle".into())),
+        }
     );
     let probe = m.probe.unwrap();
     assert_eq!((probe.sequence, probe.dueslag.as_str()), (7, "d"));
@@ -101,6 +137,54 @@ fn business_message_is_not_alive() {
     let m = parse_haendelsesbesked(xml.as_bytes()).unwrap();
     assert!(!m.is_alive());
     assert!(m.probe.is_none());
+    assert!(m.tilladt_modtager.is_empty() && m.relateret_objekt.is_empty());
+}
+
+#[test]
+fn business_message_carries_what_an_abonnement_filters_on() {
+    let sag = RelateretObjekt {
+        objekt_id: UnikId::Uuid(Uuid::from_u128(5)),
+        objekt_type: UnikId::Urn("urn:example:sag".into()),
+        objekt_rolle: Some(UnikId::Urn("urn:example:part".into())),
+    };
+    let f = Filtreringsdata {
+        ansvarlig_aktoer: Some(Uuid::from_u128(1)),
+        tilladt_modtager: vec![
+            UnikId::Urn("urn:oio:cvr-nr:11111111".into()),
+            UnikId::Urn("urn:oio:cvr-nr:22222222".into()),
+        ],
+        relateret_objekt: vec![sag.clone()],
+    };
+    let xml = build_business_message_with(Uuid::new_v4(), Uuid::from_u128(9), &f);
+    let m = parse_haendelsesbesked(xml.as_bytes()).unwrap();
+    assert_eq!(m.beskedtype, Some(Uuid::from_u128(9)));
+    assert_eq!(m.ansvarlig_aktoer, Some(Uuid::from_u128(1)));
+    assert_eq!(m.tilladt_modtager, f.tilladt_modtager);
+    assert_eq!(m.relateret_objekt, [sag]);
+}
+
+#[test]
+fn unik_ids_are_uuids_or_urns() {
+    assert_eq!(
+        "C82E55B4-D9AA-4C15-90CF-F4FBC0F85037".parse::<UnikId>(),
+        Ok(UnikId::Uuid(
+            "c82e55b4-d9aa-4c15-90cf-f4fbc0f85037".parse().unwrap()
+        ))
+    );
+    let urn: UnikId = "urn:bfo-alive-exporter:dueslag".parse().unwrap();
+    assert_eq!(urn.element(), "URNIdentifikator");
+    assert_eq!(urn.to_string(), "urn:bfo-alive-exporter:dueslag");
+    for bad in [
+        "",
+        "dueslag",
+        "urn:",
+        "urn:x",
+        "urn::x",
+        "urn:a b:c",
+        "http://x",
+    ] {
+        assert!(bad.parse::<UnikId>().is_err(), "{bad:?}");
+    }
 }
 
 #[test]

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::config::DueslagSpec;
 use crate::matcher::{Identity, Matcher};
-use crate::message::{self, AliveSpec, ProbePayload};
+use crate::message::{self, AliveSpec, ProbePayload, RelateretObjekt, UnikId};
 use crate::outcome::{Observer, Outcome, ReceivedKind};
 use crate::send::{self, SendReport};
 use crate::transport::{Afsender, Outgoing};
@@ -31,6 +31,8 @@ pub struct ProbeContext {
     pub run: Uuid,
     pub anvendersystem: Uuid,
     pub cvr: String,
+    /// The ObjektType of the RelateretObjekt that addresses each message to its dueslag.
+    pub objekt_type: UnikId,
 }
 
 /// How a body arrived.
@@ -52,10 +54,26 @@ pub enum Verdict {
 }
 
 /// Logs something at most once per period, counting what it kept quiet.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Quiet {
     last: Option<Instant>,
     suppressed: u64,
+}
+
+impl Quiet {
+    /// `Some(suppressed since the last time)` when it is time to log again.
+    fn due(&mut self) -> Option<u64> {
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < QUIET_PERIOD)
+        {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 const QUIET_PERIOD: Duration = Duration::from_secs(60);
@@ -72,6 +90,10 @@ struct OnDemand {
 /// How many abandoned on-demand ids are remembered.
 const ABANDONED: usize = 128;
 
+/// The payload's dueslag name of a message addressed to no configured dueslag
+/// ([`DueslagProbe::on_demand_elsewhere`]): outside `[a-z0-9_-]`, so no dueslag has it.
+pub const NO_DUESLAG: &str = "(abonnement check)";
+
 /// The shared state of one dueslag's probe.
 pub struct DueslagProbe {
     pub spec: DueslagSpec,
@@ -80,6 +102,10 @@ pub struct DueslagProbe {
     observer: Arc<dyn Observer>,
     seq: AtomicU64,
     quiet: Mutex<Quiet>,
+    /// The misrouted log line's own rate limit.
+    quiet_misrouted: Mutex<Quiet>,
+    /// Misrouted arrivals so far (an on-demand probe reports those during its wait).
+    misrouted: AtomicU64,
     on_demand: Mutex<OnDemand>,
 }
 
@@ -94,6 +120,7 @@ impl DueslagProbe {
                 instance: ctx.instance.clone(),
                 run: ctx.run,
                 dueslag: spec.name.clone(),
+                id: spec.id,
             },
             spec.max_inflight,
             // A timed-out probe may still arrive for another timeout before it is lost.
@@ -105,10 +132,9 @@ impl DueslagProbe {
             matcher: Mutex::new(matcher),
             observer,
             seq: AtomicU64::new(0),
-            quiet: Mutex::new(Quiet {
-                last: None,
-                suppressed: 0,
-            }),
+            quiet: Mutex::new(Quiet::default()),
+            quiet_misrouted: Mutex::new(Quiet::default()),
+            misrouted: AtomicU64::new(0),
             on_demand: Mutex::default(),
         })
     }
@@ -131,11 +157,16 @@ impl DueslagProbe {
     }
 
     fn message(&self, sequence: u64) -> Outgoing {
+        self.message_to(&self.spec.name, self.spec.id, sequence)
+    }
+
+    /// An Alive message of this dueslag's loop, addressed to dueslag `name` with UUID `id`.
+    fn message_to(&self, name: &str, id: Uuid, sequence: u64) -> Outgoing {
         let besked_id = Uuid::new_v4();
         let payload = ProbePayload {
             instance: self.ctx.instance.clone(),
             run: self.ctx.run,
-            dueslag: self.spec.name.clone(),
+            dueslag: name.to_string(),
             sequence,
             sent_at: SystemTime::now(),
         };
@@ -143,6 +174,7 @@ impl DueslagProbe {
             besked_id,
             anvendersystem: self.ctx.anvendersystem,
             cvr: &self.ctx.cvr,
+            relateret_objekt: &RelateretObjekt::dueslag(id, &self.ctx.objekt_type),
             payload: &payload,
         });
         Outgoing {
@@ -212,9 +244,19 @@ impl DueslagProbe {
                 self.matcher.lock().unwrap().arrive(
                     m.besked_id,
                     m.probe.as_ref(),
+                    m.addressed_to(&self.ctx.objekt_type),
                     arrived,
                     &mut out,
                 );
+                if let Some(Outcome::Received {
+                    kind: ReceivedKind::Misrouted,
+                    detail,
+                    ..
+                }) = out.first()
+                {
+                    self.misrouted.fetch_add(1, Ordering::Relaxed);
+                    self.log_misrouted(m.besked_id, detail.as_deref().unwrap_or(""));
+                }
                 self.emit(out);
                 return Verdict::Take;
             }
@@ -236,21 +278,35 @@ impl DueslagProbe {
     }
 
     fn log_unexpected(&self, why: &str) {
-        let mut q = self.quiet.lock().unwrap();
-        let now = Instant::now();
-        if q.last.is_some_and(|l| now.duration_since(l) < QUIET_PERIOD) {
-            q.suppressed += 1;
+        let Some(suppressed) = self.quiet.lock().unwrap().due() else {
             return;
-        }
+        };
         tracing::warn!(
             dueslag = %self.spec.name,
             mode = self.spec.mode.as_str(),
             reason = why,
-            suppressed_since_last = q.suppressed,
+            suppressed_since_last = suppressed,
             "a message that is not this exporter's Alive message arrived; it is left with the Beskedfordeler"
         );
-        q.last = Some(now);
-        q.suppressed = 0;
+    }
+
+    fn log_misrouted(&self, besked_id: Uuid, detail: &str) {
+        let Some(suppressed) = self.quiet_misrouted.lock().unwrap().due() else {
+            return;
+        };
+        tracing::warn!(
+            dueslag = %self.spec.name,
+            id = %self.spec.id,
+            %besked_id,
+            detail,
+            suppressed_since_last = suppressed,
+            "an Alive message of this exporter for another dueslag arrived (misrouted): set this dueslag's abonnement to filter on RelateretObjekt (bfo-alive-exporter setup prints it)"
+        );
+    }
+
+    /// Misrouted arrivals since the dueslag started.
+    pub fn misrouted(&self) -> u64 {
+        self.misrouted.load(Ordering::Relaxed)
     }
 
     fn take_on_demand(&self, besked_id: Uuid) -> bool {
@@ -266,7 +322,18 @@ impl DueslagProbe {
     /// in-flight table and metrics) and what fires when it arrives. Used by
     /// [`crate::diagnose::on_demand`].
     pub fn on_demand(&self) -> (Outgoing, oneshot::Receiver<Instant>) {
-        let msg = self.message(0);
+        self.await_on_demand(self.message(0))
+    }
+
+    /// An on-demand Alive message addressed to no dueslag (payload [`NO_DUESLAG`], a new
+    /// UUID as RelateretObjekt), and what fires if it arrives here anyway: then this
+    /// dueslag's abonnement does not filter on RelateretObjekt. Used by the `probe` command.
+    pub fn on_demand_elsewhere(&self) -> (Outgoing, oneshot::Receiver<Instant>) {
+        self.await_on_demand(self.message_to(NO_DUESLAG, Uuid::new_v4(), 0))
+    }
+
+    /// Registers an on-demand message: its arrival is taken by the waiter, not the matcher.
+    fn await_on_demand(&self, msg: Outgoing) -> (Outgoing, oneshot::Receiver<Instant>) {
         let (tx, rx) = oneshot::channel();
         self.on_demand
             .lock()

@@ -427,3 +427,48 @@ async fn stopping_before_the_first_probe_sends_nothing() {
     r.nothing_more_published();
     assert_eq!(r.watch.outcomes(), []);
 }
+
+/// This run's message for another dueslag is taken and counted as misrouted; the same
+/// message from another run is foreign; the probe's own is matched. Every one is taken.
+#[tokio::test]
+async fn arrivals_for_another_dueslag_are_misrouted_only_when_they_are_this_runs() {
+    let (probe, watch) = crate::testkit::probe(spec(Mode::Pull));
+    let mut other_spec = spec(Mode::Pull);
+    other_spec.name = "e".into();
+    other_spec.id = Uuid::from_u128(0xe);
+    let sibling = DueslagProbe::new(other_spec, probe.ctx.clone(), watch.clone());
+    let mut other_ctx = (*probe.ctx).clone();
+    other_ctx.run = Uuid::new_v4();
+    let earlier_run = DueslagProbe::new(spec(Mode::Pull), Arc::new(other_ctx), watch.clone());
+
+    let own = probe.next_message();
+    probe.begin(&own);
+    for (msg, want) in [
+        (sibling.next_message(), ReceivedKind::Misrouted),
+        (earlier_run.next_message(), ReceivedKind::Foreign),
+        (own, ReceivedKind::Matched),
+    ] {
+        assert_eq!(
+            probe.on_arrival(&msg.body, Envelope::Haendelsesbesked),
+            Verdict::Take
+        );
+        let (_, got) = watch.next(|o| matches!(o, Outcome::Received { .. })).await;
+        assert!(
+            matches!(&got, Outcome::Received { kind, .. } if *kind == want),
+            "{got:?}"
+        );
+    }
+    assert_eq!(probe.misrouted(), 1);
+    // A message addressed to no dueslag (the probe command's abonnement check) is taken
+    // by the probe that waits for it, and leaves the accounting alone.
+    let (elsewhere, arrived) = probe.on_demand_elsewhere();
+    let m = message::parse_haendelsesbesked(&elsewhere.body).unwrap();
+    assert_eq!(m.probe.as_ref().unwrap().dueslag, NO_DUESLAG);
+    assert_ne!(m.addressed_to(&probe.ctx.objekt_type), Some(probe.spec.id));
+    assert_eq!(
+        probe.on_arrival(&elsewhere.body, Envelope::Haendelsesbesked),
+        Verdict::Take
+    );
+    assert!(arrived.await.is_ok());
+    assert_eq!(probe.misrouted(), 1);
+}

@@ -387,18 +387,22 @@ mod on_the_simulator {
         let stop = CancellationToken::new();
         let sink = LocalSink::new(stop.clone());
         let simulator = Simulator::with_timer(sink.clone(), stop, DeliveryTimer::tokio());
-        let faults = [(
-            spec.name.clone(),
-            crate::config::Faults {
-                delay: DELAY,
-                ..Default::default()
-            },
-        )]
-        .into();
+        let sim_config = crate::config::SimConfig {
+            faults: [(
+                spec.name.clone(),
+                crate::config::Faults {
+                    delay: DELAY,
+                    ..Default::default()
+                },
+            )]
+            .into(),
+            ..Default::default()
+        };
         simulator.set_topology(sim::targets(
             std::slice::from_ref(&spec),
-            &faults,
+            &sim_config,
             "http://unused",
+            &crate::message::UnikId::Urn(crate::protocol::DUESLAG_OBJEKT_TYPE.into()),
         ));
         let (probe, watch) = crate::testkit::probe(spec);
         let (stop_send, stop_recv) = (CancellationToken::new(), CancellationToken::new());

@@ -5,8 +5,13 @@
 //! message reaches a dueslag. The in-process sink ([`LocalSink`]) feeds [`queue::SimQueue`]s
 //! and POSTs to push endpoints over real HTTP; the emulator's sink publishes to RabbitMQ.
 //!
-//! Routing: every dueslag's abonnement is taken to filter on its own name, so an Alive
-//! message reaches the dueslag named in its probe payload.
+//! Routing is by abonnement, as the Beskedfordeler's (ARCHITECTURE.md §2): each accepted
+//! message goes to every dueslag whose [`Abonnement`] matches its Filtreringsdata
+//! (beskedtype, TilladtModtager, RelateretObjekt), and to none when none does ("accepted,
+//! delivered nowhere", logged). By default a dueslag's abonnement selects the Alive messages
+//! whose RelateretObjekt names it; `fan-out` selects every Alive message, as an abonnement
+//! without that filter does on a real Beskedfordeler. Faults are those of the dueslag the
+//! message is addressed to (its RelateretObjekt), wherever the message is delivered.
 //!
 //! Afsend replies are documents, written in the dueslag's `reply_shape`, so the sender
 //! reads them as it reads the Beskedfordeler's. Everything else the simulator writes is
@@ -17,7 +22,7 @@ pub mod push;
 pub mod queue;
 pub mod timer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -29,11 +34,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::config::{DueslagSpec, Faults, Mode};
+use crate::config::{AbonnementKind, DueslagSpec, Faults, Mode, SimConfig};
 use crate::message::{
-    ReplyShape, StandardRetur, build_afsend_reply, build_business_message, parse_haendelsesbesked,
+    Haendelsesbesked, RelateretObjekt, ReplyShape, StandardRetur, UnikId, build_afsend_reply,
+    build_business_message, parse_haendelsesbesked,
 };
-use crate::protocol::status;
+use crate::protocol::{ALIVE_BESKEDTYPE, status};
 use faults::Fate;
 use push::Redelivery;
 use queue::SimQueue;
@@ -48,6 +54,65 @@ pub struct Target {
     pub queue: Option<String>,
     /// Push: the endpoint URL.
     pub push_url: Option<String>,
+    /// The RelateretObjekt that addresses a message to this dueslag (its UUID and the
+    /// dueslag ObjektType); `None` for a dueslag without a UUID (the emulator's).
+    pub address: Option<RelateretObjekt>,
+    pub abonnement: Abonnement,
+}
+
+impl Target {
+    /// True when the message's RelateretObjekt names this dueslag.
+    fn addressed_by(&self, m: &Haendelsesbesked) -> bool {
+        self.address
+            .as_ref()
+            .is_some_and(|a| names(&m.relateret_objekt, a))
+    }
+}
+
+/// A RelateretObjekt among `all` with `want`'s ObjektId and ObjektType (the role aside).
+fn names(all: &[RelateretObjekt], want: &RelateretObjekt) -> bool {
+    all.iter()
+        .any(|r| r.objekt_id == want.objekt_id && r.objekt_type == want.objekt_type)
+}
+
+/// The filter of one dueslag's abonnement: what the Beskedfordeler delivers to it. Each
+/// field that is set must match the message's Filtreringsdata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Abonnement {
+    /// The beskedtyper it selects.
+    pub beskedtyper: Vec<Uuid>,
+    /// A TilladtModtager the message must carry (e.g. `urn:oio:cvr-nr:…`).
+    pub tilladt_modtager: Option<UnikId>,
+    /// A RelateretObjekt the message must carry; `None`: any (fan-out).
+    pub relateret_objekt: Option<RelateretObjekt>,
+}
+
+impl Abonnement {
+    /// The abonnement on the Alive beskedtype of a dueslag with `address`: filtering on it
+    /// (`relateret-objekt`, as `setup` prints it) or on nothing more (`fan-out`).
+    pub fn alive(kind: AbonnementKind, address: Option<&RelateretObjekt>) -> Self {
+        Abonnement {
+            beskedtyper: vec![ALIVE_BESKEDTYPE.parse().expect("a UUID")],
+            tilladt_modtager: None,
+            relateret_objekt: match kind {
+                AbonnementKind::RelateretObjekt => address.cloned(),
+                AbonnementKind::FanOut => None,
+            },
+        }
+    }
+
+    /// True when the message is delivered to a dueslag with this abonnement.
+    pub fn matches(&self, m: &Haendelsesbesked) -> bool {
+        m.beskedtype.is_some_and(|t| self.beskedtyper.contains(&t))
+            && self
+                .tilladt_modtager
+                .as_ref()
+                .is_none_or(|t| m.tilladt_modtager.contains(t))
+            && self
+                .relateret_objekt
+                .as_ref()
+                .is_none_or(|r| names(&m.relateret_objekt, r))
+    }
 }
 
 /// Delivers a message into a dueslag.
@@ -81,19 +146,26 @@ fn reply(r: StandardRetur, shape: ReplyShape) -> AfsendAnswer {
     AfsendAnswer::Reply(Bytes::from(build_afsend_reply(&r, shape)))
 }
 
-/// An Alive message as another exporter instance would send it.
-fn foreign_alive(dueslag: &str) -> String {
+/// An Alive message as another exporter instance would send it to this dueslag.
+fn foreign_alive(target: &Target) -> String {
     let payload = crate::message::ProbePayload {
         instance: "another-instance".into(),
         run: Uuid::new_v4(),
-        dueslag: dueslag.to_string(),
+        dueslag: target.name.clone(),
         sequence: 1,
         sent_at: std::time::SystemTime::now(),
     };
+    let address = target.address.clone().unwrap_or_else(|| {
+        RelateretObjekt::dueslag(
+            Uuid::new_v4(),
+            &UnikId::Urn(crate::protocol::DUESLAG_OBJEKT_TYPE.into()),
+        )
+    });
     crate::message::build_alive(&crate::message::AliveSpec {
         besked_id: Uuid::new_v4(),
         anvendersystem: Uuid::nil(),
         cvr: "00000000",
+        relateret_objekt: &address,
         payload: &payload,
     })
 }
@@ -211,7 +283,7 @@ impl Simulator {
                         Injected::Business => {
                             build_business_message(Uuid::new_v4(), Uuid::new_v4())
                         }
-                        Injected::ForeignAlive => foreign_alive(&t.name),
+                        Injected::ForeignAlive => foreign_alive(&t),
                     };
                     sim.sink.deliver(&t, Bytes::from(body));
                 }
@@ -233,31 +305,40 @@ impl Simulator {
                 );
             }
         };
-        let Some(name) = msg.probe.as_ref().map(|p| p.dueslag.clone()) else {
-            // No abonnement matches: accepted, delivered nowhere.
-            return reply(StandardRetur::ok(), ReplyShape::default());
-        };
-        let (target, fate, shape, reply_delay) = {
+        let (targets, fate, shape, reply_delay) = {
             let mut slots = self.slots.lock().unwrap();
-            let Some(slot) = slots.get_mut(&name) else {
-                return reply(StandardRetur::ok(), ReplyShape::default());
-            };
-            slot.calls += 1;
-            let fate = if slot.calls <= u64::from(slot.faults.reject_first) {
-                Fate::Reject(slot.faults.reject_code)
-            } else {
-                faults::decide(
-                    &slot.faults,
-                    self.started.elapsed(),
-                    &mut *self.rng.lock().unwrap(),
-                )
-            };
-            (
-                slot.target.clone(),
-                fate,
-                slot.faults.reply_shape,
-                slot.faults.reply_delay,
-            )
+            let targets: Vec<Target> = slots
+                .values()
+                .filter(|s| s.target.abonnement.matches(&msg))
+                .map(|s| s.target.clone())
+                .collect();
+            match slots.values_mut().find(|s| s.target.addressed_by(&msg)) {
+                Some(slot) => {
+                    slot.calls += 1;
+                    let fate = if slot.calls <= u64::from(slot.faults.reject_first) {
+                        Fate::Reject(slot.faults.reject_code)
+                    } else {
+                        faults::decide(
+                            &slot.faults,
+                            self.started.elapsed(),
+                            &mut *self.rng.lock().unwrap(),
+                        )
+                    };
+                    (
+                        targets,
+                        fate,
+                        slot.faults.reply_shape,
+                        slot.faults.reply_delay,
+                    )
+                }
+                // Addressed to no dueslag known here: no faults.
+                None => (
+                    targets,
+                    faults::decide(&Faults::default(), Duration::ZERO, &mut rand::rng()),
+                    ReplyShape::default(),
+                    Duration::ZERO,
+                ),
+            }
         };
         let answer = match fate {
             Fate::Outage => AfsendAnswer::Outage,
@@ -268,25 +349,17 @@ impl Simulator {
                 shape,
             ),
             Fate::Accept(plan) => {
+                if targets.is_empty() {
+                    tracing::info!(
+                        besked_id = %msg.besked_id,
+                        beskedtype = %msg.beskedtype.map_or("none".into(), |t| t.to_string()),
+                        relateret_objekt = msg.relateret_objekt.len(),
+                        "accepted, delivered nowhere: no dueslag's abonnement matches its Filtreringsdata"
+                    );
+                }
                 let body = Bytes::copy_from_slice(body);
-                if plan.reorder {
-                    let displaced = self
-                        .slots
-                        .lock()
-                        .unwrap()
-                        .get_mut(&target.name)
-                        .and_then(|s| s.reordered.replace(body.clone()));
-                    if let Some(d) = displaced {
-                        self.sink.deliver(&target, d);
-                    }
-                    // The reordered copy goes after the next message; extra copies still go.
-                    for delay in plan.copies.iter().skip(1) {
-                        self.schedule(target.clone(), body.clone(), *delay);
-                    }
-                } else {
-                    for delay in plan.copies {
-                        self.schedule(target.clone(), body.clone(), delay);
-                    }
+                for target in targets {
+                    self.deliver_planned(target, body.clone(), &plan);
                 }
                 reply(StandardRetur::ok(), shape)
             }
@@ -296,6 +369,30 @@ impl Simulator {
                 AfsendAnswer::Delayed(r, reply_delay)
             }
             answer => answer,
+        }
+    }
+
+    /// Delivers one accepted message into one dueslag as its fault plan says: each copy
+    /// after its delay, or held back behind the dueslag's next message (reordering).
+    fn deliver_planned(self: &Arc<Self>, target: Target, body: Bytes, plan: &faults::Plan) {
+        if plan.reorder {
+            let displaced = self
+                .slots
+                .lock()
+                .unwrap()
+                .get_mut(&target.name)
+                .and_then(|s| s.reordered.replace(body.clone()));
+            if let Some(d) = displaced {
+                self.sink.deliver(&target, d);
+            }
+            // The reordered copy goes after the next message; extra copies still go.
+            for delay in plan.copies.iter().skip(1) {
+                self.schedule(target.clone(), body.clone(), *delay);
+            }
+        } else {
+            for delay in &plan.copies {
+                self.schedule(target.clone(), body.clone(), *delay);
+            }
         }
     }
 
@@ -410,16 +507,20 @@ impl Sink for LocalSink {
     }
 }
 
-/// The simulator's view of the configured dueslag: where each is delivered, and the
-/// faults `[sim.faults.NAME]` injects into it.
+/// The simulator's view of the configured dueslag: where each is delivered, its
+/// abonnement (`[sim.abonnement]`, on its RelateretObjekt of type `objekt_type` by default),
+/// and the faults `[sim.faults.NAME]` injects into it.
 pub fn targets(
     specs: &[DueslagSpec],
-    faults: &BTreeMap<String, Faults>,
+    sim: &SimConfig,
     push_base: &str,
+    objekt_type: &UnikId,
 ) -> Vec<(Target, Faults)> {
     specs
         .iter()
         .map(|s| {
+            let address = RelateretObjekt::dueslag(s.id, objekt_type);
+            let kind = sim.abonnement.get(&s.name).copied().unwrap_or_default();
             (
                 Target {
                     name: s.name.clone(),
@@ -427,9 +528,145 @@ pub fn targets(
                     queue: s.queue.clone(),
                     push_url: (s.mode == Mode::Push)
                         .then(|| format!("{}/push/{}", push_base.trim_end_matches('/'), s.name)),
+                    abonnement: Abonnement::alive(kind, Some(&address)),
+                    address: Some(address),
                 },
-                faults.get(&s.name).cloned().unwrap_or_default(),
+                sim.faults.get(&s.name).cloned().unwrap_or_default(),
             )
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{AliveSpec, ProbePayload, build_alive};
+    use crate::protocol::DUESLAG_OBJEKT_TYPE;
+
+    /// Records what is delivered where.
+    #[derive(Default)]
+    struct Recording(Mutex<Vec<String>>);
+
+    impl Sink for Recording {
+        fn deliver(&self, target: &Target, _body: Bytes) {
+            self.0.lock().unwrap().push(target.name.clone());
+        }
+    }
+
+    fn objekt_type() -> UnikId {
+        UnikId::Urn(DUESLAG_OBJEKT_TYPE.into())
+    }
+
+    fn target(name: &str, id: u128, kind: AbonnementKind) -> Target {
+        let address = RelateretObjekt::dueslag(Uuid::from_u128(id), &objekt_type());
+        Target {
+            name: name.into(),
+            mode: Mode::Pull,
+            queue: Some(name.into()),
+            push_url: None,
+            abonnement: Abonnement::alive(kind, Some(&address)),
+            address: Some(address),
+        }
+    }
+
+    /// An Alive message addressed to the dueslag with UUID `to`.
+    fn alive_to(to: u128) -> String {
+        build_alive(&AliveSpec {
+            besked_id: Uuid::new_v4(),
+            anvendersystem: Uuid::nil(),
+            cvr: "29189846",
+            relateret_objekt: &RelateretObjekt::dueslag(Uuid::from_u128(to), &objekt_type()),
+            payload: &ProbePayload {
+                instance: "i".into(),
+                run: Uuid::nil(),
+                dueslag: "whatever the payload says".into(),
+                sequence: 1,
+                sent_at: std::time::SystemTime::now(),
+            },
+        })
+    }
+
+    fn status(answer: AfsendAnswer) -> i32 {
+        match answer {
+            AfsendAnswer::Reply(r) => crate::message::parse_afsend_reply(&r).unwrap().status_kode,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_by_abonnement_with_the_faults_of_the_addressed_dueslag() {
+        let stop = CancellationToken::new();
+        let sink = Arc::new(Recording::default());
+        let sim = Simulator::with_timer(sink.clone(), stop.clone(), DeliveryTimer::tokio());
+        let rejecting = Faults {
+            reject: 1.0,
+            reject_code: 44,
+            ..Faults::default()
+        };
+        sim.set_topology(vec![
+            (
+                target("a", 1, AbonnementKind::RelateretObjekt),
+                Faults::default(),
+            ),
+            (target("b", 2, AbonnementKind::RelateretObjekt), rejecting),
+            (target("c", 3, AbonnementKind::FanOut), Faults::default()),
+        ]);
+        let delivered = |to: u128| {
+            let code = status(sim.afsend(alive_to(to).as_bytes()));
+            let mut names = std::mem::take(&mut *sink.0.lock().unwrap());
+            names.sort();
+            (code, names)
+        };
+        // By RelateretObjekt, not by the payload's name; fan-out takes everything.
+        assert_eq!(delivered(1), (20, vec!["a".into(), "c".into()]));
+        // The faults are the addressed dueslag's, wherever the message would go.
+        assert_eq!(delivered(2), (44, vec![]));
+        assert_eq!(delivered(3), (20, vec!["c".into()]));
+        // Addressed to no dueslag: accepted, only the fan-out abonnement takes it.
+        assert_eq!(delivered(99), (20, vec!["c".into()]));
+        // Another beskedtype: accepted, delivered nowhere (every abonnement here is Alive's).
+        let business = build_business_message(Uuid::new_v4(), Uuid::new_v4());
+        assert_eq!(status(sim.afsend(business.as_bytes())), 20);
+        assert!(sink.0.lock().unwrap().is_empty());
+        stop.cancel();
+    }
+
+    #[test]
+    fn an_abonnement_filters_on_each_field_it_names() {
+        let sag: Uuid = Uuid::from_u128(0x5a9);
+        let cvr = |c: &str| UnikId::Urn(format!("urn:oio:cvr-nr:{c}"));
+        let abonnement = Abonnement {
+            beskedtyper: vec![sag],
+            tilladt_modtager: Some(cvr("11111111")),
+            relateret_objekt: None,
+        };
+        let message = |t: Uuid, modtagere: Vec<UnikId>| {
+            let f = crate::message::Filtreringsdata {
+                tilladt_modtager: modtagere,
+                ..Default::default()
+            };
+            parse_haendelsesbesked(
+                crate::message::build_business_message_with(Uuid::new_v4(), t, &f).as_bytes(),
+            )
+            .unwrap()
+        };
+        assert!(abonnement.matches(&message(sag, vec![cvr("2"), cvr("11111111")])));
+        assert!(!abonnement.matches(&message(sag, vec![cvr("22222222")])));
+        assert!(!abonnement.matches(&message(sag, vec![])));
+        assert!(!abonnement.matches(&message(Uuid::new_v4(), vec![cvr("11111111")])));
+        let alive = parse_haendelsesbesked(alive_to(1).as_bytes()).unwrap();
+        let own = target("a", 1, AbonnementKind::RelateretObjekt);
+        assert!(own.abonnement.matches(&alive) && own.addressed_by(&alive));
+        let other = target("b", 2, AbonnementKind::RelateretObjekt);
+        assert!(!other.abonnement.matches(&alive) && !other.addressed_by(&alive));
+        let fan_out = target("c", 3, AbonnementKind::FanOut);
+        assert!(fan_out.abonnement.matches(&alive) && !fan_out.addressed_by(&alive));
+        // The same ObjektId under another ObjektType names no dueslag.
+        let mut typed = target("a", 1, AbonnementKind::RelateretObjekt);
+        let other_type =
+            RelateretObjekt::dueslag(Uuid::from_u128(1), &UnikId::Urn("urn:x:y".into()));
+        typed.abonnement.relateret_objekt = Some(other_type.clone());
+        typed.address = Some(other_type);
+        assert!(!typed.abonnement.matches(&alive) && !typed.addressed_by(&alive));
+    }
 }

@@ -36,7 +36,7 @@ pub struct Entry {
 
 /// Every result an entry can have: an entry keeps its index. The last one stands for
 /// any other.
-const RESULTS: [&str; 12] = [
+const RESULTS: [&str; 13] = [
     "success",
     "timeout",
     "send_error",
@@ -46,6 +46,7 @@ const RESULTS: [&str; 12] = [
     "late",
     "duplicate",
     "out_of_order",
+    "misrouted",
     "foreign",
     "unexpected",
     "other",
@@ -114,9 +115,19 @@ struct Board {
     inflight: usize,
     held: usize,
     paused: bool,
+    /// Misrouted arrivals since the start, and when the last one came.
+    misrouted: u64,
+    last_misrouted: Option<SystemTime>,
+    /// When a misrouted arrival last went into the history.
+    misrouted_entry: Option<SystemTime>,
     /// Allocated at exactly [`HISTORY`] on first use.
     history: VecDeque<Kept>,
 }
+
+/// A misrouted arrival goes into the history at most this often: with an abonnement that
+/// does not filter on RelateretObjekt, every other dueslag's probes arrive, and would push
+/// the dueslag's own outcomes out of its history. They are all counted.
+const MISROUTED_ENTRY_EVERY: Duration = Duration::from_secs(60);
 
 /// How a dueslag stands. The order is the page's: worst first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -154,6 +165,10 @@ pub struct Summary {
     /// Non-Alive messages held unacknowledged (pull), and whether consuming stopped.
     pub held: usize,
     pub paused: bool,
+    /// Alive messages for other dueslag that arrived here (its abonnement does not filter
+    /// on RelateretObjekt), and when the last one came.
+    pub misrouted: u64,
+    pub last_misrouted: Option<SystemTime>,
 }
 
 /// The status of one dueslag.
@@ -191,6 +206,8 @@ impl Board {
             inflight: self.inflight,
             held: self.held,
             paused: self.paused,
+            misrouted: self.misrouted,
+            last_misrouted: self.last_misrouted,
         }
     }
 }
@@ -290,6 +307,22 @@ impl Observer for DueslagStatus {
                     None,
                 ),
             ),
+            Outcome::Received {
+                kind: ReceivedKind::Misrouted,
+                besked_id,
+                detail,
+            } => {
+                b.misrouted += 1;
+                b.last_misrouted = Some(now);
+                let due = b.misrouted_entry.is_none_or(
+                    |t| !matches!(now.duration_since(t), Ok(d) if d < MISROUTED_ENTRY_EVERY),
+                );
+                if due {
+                    b.misrouted_entry = Some(now);
+                    let kind = ReceivedKind::Misrouted.as_str();
+                    push(&mut b, entry(besked_id, kind, detail, None, None));
+                }
+            }
             Outcome::Received {
                 kind,
                 besked_id,

@@ -119,6 +119,19 @@ fn last_failure(history: &[Entry]) -> String {
     format!("{} {}", escape(&s), ago(Some(e.at)))
 }
 
+/// What a dueslag that receives other dueslag's Alive messages must be told: its abonnement
+/// does not filter on RelateretObjekt. Empty when none came.
+fn misrouted_note(s: &Summary) -> String {
+    if s.misrouted == 0 {
+        return String::new();
+    }
+    format!(
+        "<span class=\"bad\" title=\"Alive messages of this exporter for other dueslag arrived here: this dueslag's abonnement does not filter on RelateretObjekt (bfo-alive-exporter setup prints the filter)\">{} misrouted, the last {}: the abonnement does not filter on RelateretObjekt</span>",
+        s.misrouted,
+        ago(s.last_misrouted)
+    )
+}
+
 /// Percent-encodes a query value (everything but unreserved characters).
 pub(super) fn url_encode(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -247,9 +260,13 @@ pub fn render_index<'a>(
         let state = s.state.as_str();
         let _ = write!(
             h,
-            "<tr class=\"{state}\" data-state=\"{state}\" data-dueslag=\"{n}\"><td><a href=\"/dueslag/{n}\">{n}</a></td><td>{}</td><td class=\"{}\">{state}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr class=\"{state}\" data-state=\"{state}\" data-dueslag=\"{n}\"><td><a href=\"/dueslag/{n}\">{n}</a></td><td>{}</td><td class=\"{}\">{state}{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}{}</td><td>{}</td><td>{}</td></tr>",
             d.mode,
             if s.state == State::Ok { "ok" } else { "bad" },
+            Some(misrouted_note(s))
+                .filter(|n| !n.is_empty())
+                .map(|n| format!("<br><small>{n}</small>"))
+                .unwrap_or_default(),
             s.failing_since.map(since).unwrap_or_default(),
             ago(s.last_success),
             millis(s.last_roundtrip),
@@ -328,12 +345,16 @@ pub fn render_history(d: &Snapshot) -> String {
     let _ = write!(
         h,
         "<h1>dueslag {n} ({})</h1><p><a href=\"/\">all dueslag</a></p>\
-         <p id=\"state\" data-state=\"{}\">{state} · last success {} · running since {}</p>{}\
+         <p id=\"state\" data-state=\"{}\">{state} · last success {} · running since {}</p>{}{}\
          <table><tr><th>time</th><th>BeskedId</th><th>result</th><th>reason</th><th>StatusKode</th><th>round trip</th></tr>",
         d.mode,
         s.state.as_str(),
         ago(s.last_success),
         format_time(d.started),
+        Some(misrouted_note(s))
+            .filter(|n| !n.is_empty())
+            .map(|n| format!("<p id=\"misrouted\">{n}</p>"))
+            .unwrap_or_default(),
         sparkline(&d.history),
         n = escape(&d.name)
     );

@@ -255,3 +255,38 @@ fn kept_entries_are_compact_and_keep_what_the_page_shows() {
     };
     assert_eq!(Kept::new(e.clone()).entry(), e);
 }
+
+#[test]
+fn misrouted_arrivals_are_counted_shown_and_kept_out_of_the_way() {
+    let s = DueslagStatus::new("a", "pull");
+    finish(&s, 1, 0, OK);
+    for i in 0..30 {
+        s.observe(Outcome::Received {
+            kind: ReceivedKind::Misrouted,
+            besked_id: Some(Uuid::from_u128(100 + i)),
+            detail: Some("addressed to dueslag \"b\": this dueslag's abonnement does not filter on RelateretObjekt".into()),
+        });
+    }
+    let snap = s.snapshot();
+    assert_eq!(snap.summary.misrouted, 30);
+    assert!(snap.summary.last_misrouted.is_some());
+    // One history entry a minute, not thirty: the dueslag's own outcomes stay visible.
+    let results: Vec<&str> = snap.history.iter().map(|e| e.result).collect();
+    assert_eq!(results, ["misrouted", "success"]);
+    let page = render_history(&snap);
+    assert!(
+        page.contains("<p id=\"misrouted\">")
+            && page.contains("30 misrouted")
+            && page.contains("does not filter on RelateretObjekt"),
+        "{page}"
+    );
+    let index = render_index([&s], &IndexQuery::default(), "0", "amqp");
+    assert!(
+        index.contains("data-state=\"ok\"") && index.contains("30 misrouted"),
+        "{index}"
+    );
+    // A dueslag without misrouted arrivals says nothing about them.
+    let quiet = DueslagStatus::new("b", "pull");
+    let index = render_index([&quiet], &IndexQuery::default(), "0", "amqp");
+    assert!(!index.contains("misrouted"));
+}

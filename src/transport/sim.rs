@@ -134,9 +134,10 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::config::AbonnementKind;
     use crate::config::{Faults, Mode};
-    use crate::message::{AliveSpec, ProbePayload, build_alive};
-    use crate::sim::Target;
+    use crate::message::{AliveSpec, ProbePayload, RelateretObjekt, UnikId, build_alive};
+    use crate::sim::{Abonnement, Target};
 
     /// An Afsend attempt of dueslag `d` on a simulator whose `d` answers `reply_delay` late.
     async fn attempt(
@@ -146,11 +147,14 @@ mod tests {
         let stop = CancellationToken::new();
         let sink = LocalSink::new(stop.clone());
         let sim = Simulator::new(sink, stop.clone());
+        let address = RelateretObjekt::dueslag(Uuid::from_u128(0xd), &UnikId::Urn("urn:t".into()));
         let target = Target {
             name: "d".into(),
             mode: Mode::Pull,
             queue: Some("q".into()),
             push_url: None,
+            abonnement: Abonnement::alive(AbonnementKind::RelateretObjekt, Some(&address)),
+            address: Some(address.clone()),
         };
         sim.set_topology(vec![(
             target,
@@ -171,6 +175,7 @@ mod tests {
             besked_id,
             anvendersystem: Uuid::new_v4(),
             cvr: "29189846",
+            relateret_objekt: &address,
             payload: &payload,
         });
         let msg = Outgoing {

@@ -111,6 +111,53 @@ pub async fn publish_to_queue(url: &str, queue: &str, body: &[u8]) {
     conn.close(200, "done".into()).await.unwrap();
 }
 
+/// Publishes each body to the afsend exchange as the exporter does (direct reply-to, a
+/// correlation and a message id) and returns the emulator's reply to each, as it came.
+pub async fn afsend_calls(url: &str, bodies: &[&[u8]]) -> Vec<Vec<u8>> {
+    use futures::StreamExt;
+    use lapin::options::{BasicConsumeOptions, BasicPublishOptions};
+    let (conn, ch) = open(url).await;
+    // Direct reply-to, as the exporter does: consumed without acks before the first publish.
+    let no_ack = BasicConsumeOptions {
+        no_ack: true,
+        ..BasicConsumeOptions::default()
+    };
+    let reply_to = "amq.rabbitmq.reply-to";
+    let mut replies = ch
+        .basic_consume(
+            reply_to.into(),
+            "test-afsend".into(),
+            no_ack,
+            FieldTable::default(),
+        )
+        .await
+        .unwrap();
+    let mut out = vec![];
+    for body in bodies {
+        let props = lapin::BasicProperties::default()
+            .with_correlation_id(uuid::Uuid::new_v4().to_string().into())
+            .with_message_id(uuid::Uuid::new_v4().to_string().into())
+            .with_reply_to(reply_to.into());
+        ch.basic_publish(
+            "AFSEND_BESKED_EXCHANGE".into(),
+            "".into(),
+            BasicPublishOptions::default(),
+            body,
+            props,
+        )
+        .await
+        .unwrap();
+        let reply = tokio::time::timeout(std::time::Duration::from_secs(10), replies.next())
+            .await
+            .expect("the emulator answers")
+            .unwrap()
+            .unwrap();
+        out.push(reply.data);
+    }
+    conn.close(200, "done".into()).await.unwrap();
+    out
+}
+
 /// rabbitmqctl for the test node, as the emulator's `[emulator.rabbitmqctl]` takes it.
 pub fn rabbitmqctl(b: &Broker) -> Rabbitmqctl {
     Rabbitmqctl {

@@ -96,11 +96,88 @@ pub async fn wait_metric(s: &Server, series: &str, min: f64) -> String {
     .await
 }
 
+/// A dueslag UUID made from its name (FNV-1a), so that a test's exporter, emulator and
+/// queue names agree on it without a table.
+pub fn dueslag_id(name: &str) -> String {
+    let hash = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("00000000-0000-4000-8000-{:012x}", hash & 0xffff_ffff_ffff)
+}
+
+/// A pull `[[dueslag]]` whose queue (and so its id) is [`dueslag_id`] of its name.
+pub fn pull_dueslag(name: &str) -> String {
+    format!(
+        "[[dueslag]]\nname = \"{name}\"\nmode = \"pull\"\nqueue = \"{}\"\n",
+        dueslag_id(name)
+    )
+}
+
+/// A push `[[dueslag]]` whose id is [`dueslag_id`] of its name.
+pub fn push_dueslag(name: &str) -> String {
+    format!(
+        "[[dueslag]]\nname = \"{name}\"\nmode = \"push\"\nid = \"{}\"\n",
+        dueslag_id(name)
+    )
+}
+
+/// The exporter's ObjektType for a dueslag, spelled out: a test must fail when it drifts.
+pub const DUESLAG_OBJEKT_TYPE: &str = "urn:bfo-alive-exporter:dueslag";
+
+/// An Alive message of exporter `instance` (run: new) for dueslag `dueslag`, addressed to
+/// its [`dueslag_id`], from the sender of [`IDENTITY`].
+pub fn alive_to(dueslag: &str, instance: &str) -> String {
+    use bfo_alive_exporter::message::{
+        AliveSpec, ProbePayload, RelateretObjekt, UnikId, build_alive,
+    };
+    let address = RelateretObjekt::dueslag(
+        dueslag_id(dueslag).parse().unwrap(),
+        &UnikId::Urn(DUESLAG_OBJEKT_TYPE.into()),
+    );
+    build_alive(&AliveSpec {
+        besked_id: uuid::Uuid::new_v4(),
+        anvendersystem: "cf12c051-39ce-4066-ba11-704b46fa23c4".parse().unwrap(),
+        cvr: "29189846",
+        relateret_objekt: &address,
+        payload: &ProbePayload {
+            instance: instance.into(),
+            run: uuid::Uuid::new_v4(),
+            dueslag: dueslag.into(),
+            sequence: 1,
+            sent_at: std::time::SystemTime::now(),
+        },
+    })
+}
+
 pub mod broker;
 pub mod emulator;
 mod wait;
 
 pub use wait::wait_for;
+
+/// What a run of the exporter's binary gave.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs the exporter's binary with these arguments, to its end.
+pub fn run_exporter<I, S>(args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_bfo-alive-exporter"))
+        .args(args)
+        .output()
+        .unwrap();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).to_string(),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
 
 /// Fails in CI (env CI set) and skips loudly elsewhere when a tool is missing.
 pub fn require_tool(name: &str) -> bool {
