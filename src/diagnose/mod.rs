@@ -131,6 +131,7 @@ pub async fn run(args: ProbeArgs) -> Report {
         shard: None,
         probe_loops: false,
         watch_interval: None,
+        web: Default::default(),
     })
     .await
     {
