@@ -111,6 +111,7 @@ pub async fn wait_metric(s: &Server, series: &str, min: f64) -> String {
 
 pub mod broker;
 pub mod emulator;
+pub mod pki;
 mod wait;
 
 pub use wait::wait_for;
