@@ -763,7 +763,7 @@ impl Config {
             return Err("http.max_connections, http.max_push_requests: must be >= 1".into());
         }
         if self.push.tls.is_some() && self.push.listen.is_none() {
-            return Err("push.tls: needs push.listen (TLS applies to the push listener; /metrics stays plain)".into());
+            return Err("push.tls: needs push.listen (TLS applies to the push listener; the main listener's TLS comes from --web.config.file)".into());
         }
         let d = &self.defaults;
         for (key, v) in [
