@@ -69,16 +69,9 @@ pub struct ConnectionLabel {
     pub connection: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ListenerLabel {
-    pub listener: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct RejectLabels {
-    pub listener: &'static str,
-    pub reason: &'static str,
-}
+/// `listener` (and `reason`) of the HTTP series, as label pairs.
+type ListenerLabel = [(&'static str, &'static str); 1];
+type RejectLabels = [(&'static str, &'static str); 2];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -350,18 +343,17 @@ impl Metrics {
             family.remove(&k.dl);
         }
     }
+
     /// The HTTP series of one listener (`main`, `push`), every reason at 0.
     pub fn http(&self, listener: &'static str) -> HttpMetrics {
         HttpMetrics {
             rejected: Reason::ALL.map(|r| {
-                self.http_rejected.get_or_create_owned(&RejectLabels {
-                    listener,
-                    reason: r.as_str(),
-                })
+                self.http_rejected
+                    .get_or_create_owned(&[("listener", listener), ("reason", r.as_str())])
             }),
             open: self
                 .http_open
-                .get_or_create_owned(&ListenerLabel { listener }),
+                .get_or_create_owned(&[("listener", listener)]),
         }
     }
 

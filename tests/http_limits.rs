@@ -31,6 +31,15 @@ async fn until_closed(c: &mut TcpStream) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The exporter with a push dueslag on its own listener, and these `[http]` limits.
+async fn start_with_push(http: &str) -> (Server, ConfigFile) {
+    start(&config(
+        http,
+        &format!("[push]\nlisten = \"127.0.0.1:0\"\n{PUSH}"),
+    ))
+    .await
+}
+
 async fn rejected(s: &Server, listener: &str, reason: &str) -> f64 {
     let series = format!(
         r#"bfo_alive_http_connections_rejected_total{{listener="{listener}",reason="{reason}"}}"#
@@ -57,11 +66,7 @@ async fn a_slow_request_head_is_cut_and_counted() {
 
 #[tokio::test]
 async fn a_slow_push_body_is_cut_and_counted() {
-    let (s, _f) = start(&config(
-        "body_timeout = \"300ms\"",
-        &format!("[push]\nlisten = \"127.0.0.1:0\"\n{PUSH}"),
-    ))
-    .await;
+    let (s, _f) = start_with_push("body_timeout = \"300ms\"").await;
     let mut c = TcpStream::connect(s.push_addr).await.unwrap();
     c.write_all(b"POST /push/h HTTP/1.1\r\nHost: x\r\nContent-Type: application/xml\r\nContent-Length: 100\r\n\r\n<")
         .await
@@ -104,11 +109,7 @@ async fn open(addr: SocketAddr) -> TcpStream {
 
 #[tokio::test]
 async fn connections_beyond_the_cap_are_refused_and_counted() {
-    let (s, _f) = start(&config(
-        "max_connections = 2",
-        &format!("[push]\nlisten = \"127.0.0.1:0\"\n{PUSH}"),
-    ))
-    .await;
+    let (s, _f) = start_with_push("max_connections = 2").await;
     let (_a, _b) = (open(s.push_addr).await, open(s.push_addr).await);
     wait_metric(
         &s,

@@ -131,24 +131,15 @@ async fn tls_with_a_required_client_certificate() {
     )
     .await;
     let url = format!("https://127.0.0.1:{}/metrics", s.addr.port());
-    let r = pki.https_client(true).get(&url).send().await.unwrap();
-    assert_eq!(r.status().as_u16(), 200);
     let without = pki.https_client(false).get(&url).send().await;
     assert!(without.is_err(), "no client certificate: {without:?}");
     let plain = reqwest::get(format!("http://{}/metrics", s.addr)).await;
     assert!(plain.is_err(), "plain HTTP to a TLS listener: {plain:?}");
-    let text = pki
-        .https_client(true)
-        .get(&url)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let r = pki.https_client(true).get(&url).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
     assert!(
         value(
-            &text,
+            &r.text().await.unwrap(),
             r#"bfo_alive_http_connections_rejected_total{listener="main",reason="tls_error"}"#
         )
         .unwrap()

@@ -369,60 +369,105 @@ fn verifier(
         b.build()
             .map_err(|e| format!("tls_server_config.client_ca: {e}"))
     };
-    let any = |mandatory| -> Arc<dyn ClientCertVerifier> {
-        Arc::new(AnyCertificate {
-            mandatory,
-            algorithms: provider.signature_verification_algorithms,
-        })
-    };
-    let (v, required) = match auth {
+    let (chain, mandatory) = match auth {
         "" | "NoClientCert" => {
             if ca.is_some() {
                 return Err("tls_server_config: client CA's have been configured without a Client Auth Policy (client_auth_type)".into());
             }
-            (WebPkiClientVerifier::no_client_auth(), false)
+            if sans.is_some() {
+                return Err(SANS_NEED.into());
+            }
+            return Ok(WebPkiClientVerifier::no_client_auth());
         }
-        "RequestClientCert" => (any(false), false),
-        "RequireAnyClientCert" | "RequireClientCert" => (any(true), true),
-        "VerifyClientCertIfGiven" => (verifying(true)?, false),
-        "RequireAndVerifyClientCert" => (verifying(false)?, true),
+        "RequestClientCert" => (None, false),
+        "RequireAnyClientCert" | "RequireClientCert" => (None, true),
+        "VerifyClientCertIfGiven" => (Some(verifying(true)?), false),
+        "RequireAndVerifyClientCert" => (Some(verifying(false)?), true),
         other => {
             return Err(format!(
                 "tls_server_config.client_auth_type: invalid ClientAuth {other:?} (NoClientCert, RequestClientCert, RequireAnyClientCert, VerifyClientCertIfGiven, RequireAndVerifyClientCert)"
             ));
         }
     };
-    match sans {
-        None => Ok(v),
-        Some(_) if !required => Err("tls_server_config.client_allowed_sans: requires client_auth_type to be one of RequireAnyClientCert or RequireAndVerifyClientCert".into()),
-        Some(allowed) => Ok(Arc::new(AllowedSans { inner: v, allowed })),
+    if sans.is_some() && !mandatory {
+        return Err(SANS_NEED.into());
     }
+    Ok(Arc::new(ClientAuth {
+        chain,
+        mandatory,
+        allowed_sans: sans,
+        algorithms: provider.signature_verification_algorithms,
+    }))
 }
 
-/// `RequestClientCert` and `RequireAnyClientCert`: a certificate is asked for, its chain is
-/// not checked (only that the client holds its key).
+const SANS_NEED: &str = "tls_server_config.client_allowed_sans: requires client_auth_type to be one of RequireAnyClientCert or RequireAndVerifyClientCert";
+
+/// Client certificates as `client_auth_type` asks: the chain verified against the CA
+/// (`chain`), or any certificate (`RequestClientCert`, `RequireAnyClientCert`: only that
+/// the client holds its key); then, with `client_allowed_sans`, one of these DNS names,
+/// e-mail addresses, IP addresses or URIs in it.
 #[derive(Debug)]
-struct AnyCertificate {
+struct ClientAuth {
+    chain: Option<Arc<dyn ClientCertVerifier>>,
     mandatory: bool,
+    allowed_sans: Option<Vec<String>>,
     algorithms: WebPkiSupportedAlgorithms,
 }
 
-impl ClientCertVerifier for AnyCertificate {
+impl ClientAuth {
+    fn san_allowed(allowed: &[String], der: &[u8]) -> bool {
+        use x509_parser::extensions::GeneralName;
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+            return false;
+        };
+        let Ok(Some(san)) = cert.subject_alternative_name() else {
+            return false;
+        };
+        san.value.general_names.iter().any(|n| {
+            let v = match n {
+                GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
+                    s.to_string()
+                }
+                GeneralName::IPAddress(b) => match <[u8; 4]>::try_from(*b) {
+                    Ok(v4) => std::net::Ipv4Addr::from(v4).to_string(),
+                    Err(_) => match <[u8; 16]>::try_from(*b) {
+                        Ok(v6) => std::net::Ipv6Addr::from(v6).to_string(),
+                        Err(_) => return false,
+                    },
+                },
+                _ => return false,
+            };
+            allowed.contains(&v)
+        })
+    }
+}
+
+impl ClientCertVerifier for ClientAuth {
     fn client_auth_mandatory(&self) -> bool {
         self.mandatory
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        &[]
+        self.chain.as_ref().map_or(&[], |c| c.root_hint_subjects())
     }
 
     fn verify_client_cert(
         &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _now: UnixTime,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        Ok(ClientCertVerified::assertion())
+        if let Some(c) = &self.chain {
+            c.verify_client_cert(end_entity, intermediates, now)?;
+        }
+        match &self.allowed_sans {
+            Some(allowed) if !Self::san_allowed(allowed, end_entity) => {
+                Err(rustls::Error::General(format!(
+                    "could not find allowed SANs in client cert, allowed: {allowed:?}"
+                )))
+            }
+            _ => Ok(ClientCertVerified::assertion()),
+        }
     }
 
     fn verify_tls12_signature(
@@ -445,96 +490,5 @@ impl ClientCertVerifier for AnyCertificate {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
-    }
-}
-
-/// `client_allowed_sans`: the client certificate must carry one of these DNS names,
-/// e-mail addresses, IP addresses or URIs.
-#[derive(Debug)]
-struct AllowedSans {
-    inner: Arc<dyn ClientCertVerifier>,
-    allowed: Vec<String>,
-}
-
-impl AllowedSans {
-    fn matches(&self, der: &[u8]) -> bool {
-        use x509_parser::extensions::GeneralName;
-        let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
-            return false;
-        };
-        let Ok(Some(san)) = cert.subject_alternative_name() else {
-            return false;
-        };
-        san.value.general_names.iter().any(|n| {
-            let v = match n {
-                GeneralName::DNSName(s) | GeneralName::RFC822Name(s) | GeneralName::URI(s) => {
-                    s.to_string()
-                }
-                GeneralName::IPAddress(b) => match b.len() {
-                    4 => std::net::Ipv4Addr::from(<[u8; 4]>::try_from(*b).unwrap_or_default())
-                        .to_string(),
-                    16 => std::net::Ipv6Addr::from(<[u8; 16]>::try_from(*b).unwrap_or_default())
-                        .to_string(),
-                    _ => return false,
-                },
-                _ => return false,
-            };
-            self.allowed.contains(&v)
-        })
-    }
-}
-
-impl ClientCertVerifier for AllowedSans {
-    fn offer_client_auth(&self) -> bool {
-        self.inner.offer_client_auth()
-    }
-
-    fn client_auth_mandatory(&self) -> bool {
-        self.inner.client_auth_mandatory()
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.inner.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        let ok = self
-            .inner
-            .verify_client_cert(end_entity, intermediates, now)?;
-        if self.matches(end_entity) {
-            Ok(ok)
-        } else {
-            Err(rustls::Error::General(format!(
-                "could not find allowed SANs in client cert, allowed: {:?}",
-                self.allowed
-            )))
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        self.inner.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.inner.supported_verify_schemes()
     }
 }
