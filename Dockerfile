@@ -7,7 +7,9 @@
 #
 # The health check asks GET /-/healthy on 127.0.0.1:9632 with bash's /dev/tcp, so the
 # runtime image needs neither curl nor wget; keep the exporter on port 9632 inside the
-# container (map it to any port outside).
+# container (map it to any port outside). It speaks plain HTTP without credentials: with a
+# --web.config.file that sets TLS or basic auth it fails, so run such a container with
+# --no-healthcheck (or probe from your orchestrator, with the credentials).
 
 ARG RUST_VERSION=1.88
 ARG DEBIAN_RELEASE=bookworm

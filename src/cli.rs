@@ -1,5 +1,6 @@
 //! The command line: Prometheus-style flags (`--config.file`, `--config.check`,
-//! `--config.watch-interval`, `--web.listen-address`, `--log.*`, `--shard`) and the
+//! `--config.watch-interval`, `--web.listen-address`, `--web.config.file`,
+//! `--web.enable-lifecycle`, `--log.*`, `--shard`) and the
 //! subcommands `demo` (the exporter on its embedded simulator), `probe` (one dueslag tested
 //! by hand), `setup` (the abonnements to set up in the Administrationsmodul) and `emulate`
 //! (the Beskedfordeler emulator on a RabbitMQ broker).
@@ -36,6 +37,14 @@ pub struct Cli {
     /// Address for /metrics, the status page and (by default) the push endpoint.
     #[arg(long = "web.listen-address", default_value = ":9632", global = true)]
     pub listen: String,
+    /// Web configuration file (YAML, the exporter-toolkit format node_exporter uses): TLS,
+    /// basic auth, response headers and a rate limit for the main listener; read again
+    /// on every reload. Not for the push endpoint ([push] listen and [push.tls]).
+    #[arg(long = "web.config.file", value_name = "FILE", global = true)]
+    pub web_config_file: Option<PathBuf>,
+    /// Answer POST /-/reload (as Prometheus, off by default: 403). SIGHUP always reloads.
+    #[arg(long = "web.enable-lifecycle", global = true)]
+    pub web_enable_lifecycle: bool,
     /// Log level: error, warn, info, debug.
     #[arg(long = "log.level", default_value = "info", global = true)]
     pub log_level: String,
@@ -198,6 +207,19 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     if cli.config_check {
+        if let Some(w) = &cli.web_config_file {
+            match crate::web::toolkit::load(w) {
+                Ok(c) => println!(
+                    "web configuration OK: {}, {} basic auth users",
+                    if c.tls.is_some() { "TLS" } else { "plain HTTP" },
+                    c.policy.users.len()
+                ),
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
         return match source.load() {
             Ok(c) => {
                 println!(
@@ -234,6 +256,10 @@ async fn run(cli: Cli) -> ExitCode {
         shard,
         probe_loops: true,
         watch_interval: Some(cli.config_watch_interval).filter(|d| !d.is_zero()),
+        web: server::WebOptions {
+            config_file: cli.web_config_file.clone(),
+            enable_lifecycle: cli.web_enable_lifecycle,
+        },
     };
     // Before the server answers anything: a SIGTERM right after the first scrape stops it
     // gracefully instead of killing it.
@@ -355,6 +381,29 @@ mod tests {
     use super::*;
 
     #[test]
+    fn web_flags_are_global() {
+        for args in [
+            &[
+                "bfo-alive-exporter",
+                "demo",
+                "--web.enable-lifecycle",
+                "--web.config.file=w.yml",
+            ][..],
+            &[
+                "bfo-alive-exporter",
+                "--web.config.file",
+                "w.yml",
+                "--web.enable-lifecycle",
+                "demo",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap();
+            assert!(cli.web_enable_lifecycle);
+            assert_eq!(cli.web_config_file, Some(PathBuf::from("w.yml")));
+        }
+    }
+
+    #[test]
     fn shard_auto_and_the_config_watch_parse() {
         let cli = Cli::try_parse_from([
             "bfo-alive-exporter",
@@ -371,6 +420,7 @@ mod tests {
         let plain = Cli::try_parse_from(["bfo-alive-exporter", "--shard=2/3"]).unwrap();
         assert!(matches!(plain.shard, Some(ShardArg::Fixed(_))));
         assert!(plain.config_watch_interval.is_zero());
+        assert!(!plain.web_enable_lifecycle && plain.web_config_file.is_none());
         assert!(Cli::try_parse_from(["bfo-alive-exporter", "--shard=auto"]).is_err());
     }
 }

@@ -1,7 +1,8 @@
 //! The HTTP surface (axum): routing only. `/metrics`, the status page, `/-/healthy`,
 //! `/-/ready`, `/-/reload` and `GET /probe` are answered here or by the module that owns
 //! them; the push endpoint `POST /push/{dueslag}` ([`crate::receive::push`]) may be served
-//! on its own listener.
+//! on its own listener. `--web.config.file` ([`crate::web::auth`]) guards every route of
+//! the main listener except the push endpoint, whose client is the Beskedfordeler.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,8 @@ use crate::metrics::{Format, Metrics, VERSION};
 use crate::receive;
 use crate::status::{IndexQuery, render_history, render_index};
 use crate::supervisor::Registry;
+use crate::web::PushGate;
+use crate::web::auth::{self, Guard};
 
 /// A reload request; the answer says whether the new configuration was applied.
 pub type ReloadRequest = oneshot::Sender<Result<(), String>>;
@@ -34,10 +37,15 @@ pub struct AppState {
     pub max_body: usize,
     /// `[exporter] probe_endpoint`: `GET /probe` sends real messages, so it is opt-in.
     pub probe_endpoint: Arc<AtomicBool>,
+    /// `--web.enable-lifecycle`: `POST /-/reload` answers only with it, as in Prometheus.
+    pub lifecycle: bool,
+    /// `[http] max_push_requests`.
+    pub push_gate: PushGate,
 }
 
-/// The main router; with `with_push` it serves the push endpoint too.
-pub fn router(state: AppState, with_push: bool) -> Router {
+/// The main router; with `with_push` it serves the push endpoint too. `guard` (the web
+/// config) applies to everything but the push endpoint.
+pub fn router(state: AppState, with_push: bool, guard: Option<Arc<Guard>>) -> Router {
     let r = Router::new()
         .route("/metrics", get(metrics))
         .route("/", get(index))
@@ -46,6 +54,10 @@ pub fn router(state: AppState, with_push: bool) -> Router {
         .route("/-/ready", get(ready))
         .route("/-/reload", post(reload).put(reload))
         .route("/probe", get(probe));
+    let r = match guard {
+        Some(g) => r.layer(axum::middleware::from_fn_with_state(g, auth::layer)),
+        None => r,
+    };
     let r = if with_push { r.merge(push_routes()) } else { r };
     r.with_state(state)
 }
@@ -104,6 +116,13 @@ async fn ready(State(s): State<AppState>) -> Response {
 }
 
 async fn reload(State(s): State<AppState>) -> Response {
+    if !s.lifecycle {
+        return (
+            StatusCode::FORBIDDEN,
+            "Lifecycle API is not enabled: start with --web.enable-lifecycle, or send SIGHUP\n",
+        )
+            .into_response();
+    }
     let (tx, rx) = oneshot::channel();
     if s.reload.send(tx).await.is_err() {
         return (StatusCode::SERVICE_UNAVAILABLE, "shutting down\n").into_response();

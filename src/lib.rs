@@ -22,7 +22,8 @@
 //! - Running it: [`server`] (listeners, reload, shutdown), `supervisor` (one loop per
 //!   dueslag, reload by diff), `http` (routes), `status` (the status page), `metrics` and
 //!   `exposition` (the contract and its rendering), `process` (`process_*` metrics),
-//!   `tls_listener` (the push listener's TLS), `allocator` (glibc arenas).
+//!   `web` (serving each listener within its limits, TLS, `--web.config.file`), `allocator`
+//!   (glibc arenas).
 //! - Tools: `diagnose` (the `probe` command and `GET /probe`, with the trace and its
 //!   hints), `setup` (the abonnements to set up, per dueslag), [`cli`] (flags and
 //!   subcommands; `main` only calls it).
@@ -57,6 +58,6 @@ pub(crate) mod supervisor;
 #[cfg(test)]
 mod testkit;
 pub(crate) mod tls;
-pub(crate) mod tls_listener;
 pub(crate) mod token;
 pub(crate) mod transport;
+pub(crate) mod web;

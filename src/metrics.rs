@@ -21,6 +21,7 @@ use crate::config::Mode;
 use crate::outcome::{Observer, Outcome, ProbeResult, ReceivedKind, SendFailure};
 use crate::process::ProcessCollector;
 use crate::protocol::Service;
+use crate::web::Reason;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DueslagLabel {
@@ -67,6 +68,10 @@ pub struct ServiceLabel {
 pub struct ConnectionLabel {
     pub connection: &'static str,
 }
+
+/// `listener` (and `reason`) of the HTTP series, as label pairs.
+type ListenerLabel = [(&'static str, &'static str); 1];
+type RejectLabels = [(&'static str, &'static str); 2];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct CertificateLabel {
@@ -163,6 +168,8 @@ pub struct Metrics {
     connection_up: Family<ConnectionLabel, Gauge>,
     connection_rotations: Family<ConnectionLabel, Counter>,
     backend: Family<BackendLabel, Gauge>,
+    http_rejected: Family<RejectLabels, Counter>,
+    http_open: Family<ListenerLabel, Gauge>,
     reload_ok: Gauge,
     reload_time: Timestamp,
 }
@@ -208,6 +215,8 @@ impl Metrics {
             connection_up: Family::default(),
             connection_rotations: Family::default(),
             backend: Family::default(),
+            http_rejected: Family::default(),
+            http_open: Family::default(),
             reload_ok: Gauge::default(),
             reload_time: Timestamp::default(),
         };
@@ -356,6 +365,16 @@ impl Metrics {
             "1 for the backend the dueslag are probed on: amqp (a Beskedfordeler or RabbitMQ) or sim (the embedded simulator, nothing real).",
             m.backend.clone(),
         );
+        reg.register(
+            "http_connections_rejected",
+            "HTTP connections and requests cut or refused, by listener and reason (limit, header_timeout, body_timeout, idle, tls_handshake, tls_error, push_busy).",
+            m.http_rejected.clone(),
+        );
+        reg.register(
+            "http_connections_open",
+            "Open HTTP connections, by listener (main, push).",
+            m.http_open.clone(),
+        );
         for s in Service::ALL {
             let _ = m.token_expiry.get_or_create(&ServiceLabel {
                 service: s.as_str(),
@@ -481,6 +500,20 @@ impl Metrics {
             .set(1);
         self.shards.set(i64::from(count));
     }
+
+    /// The HTTP series of one listener (`main`, `push`), every reason at 0.
+    pub fn http(&self, listener: &'static str) -> HttpMetrics {
+        HttpMetrics {
+            rejected: Reason::ALL.map(|r| {
+                self.http_rejected
+                    .get_or_create_owned(&[("listener", listener), ("reason", r.as_str())])
+            }),
+            open: self
+                .http_open
+                .get_or_create_owned(&[("listener", listener)]),
+        }
+    }
+
     /// Sets `bfo_alive_backend_info`: one series, for the backend in use.
     pub fn set_backend(&self, backend: &'static str) {
         self.backend.clear();
@@ -552,6 +585,34 @@ impl Metrics {
         self.encode(format, &mut out)
             .expect("writing to a String cannot fail");
         out
+    }
+}
+
+/// What one HTTP listener counts: connections open, and what was cut and why.
+#[derive(Clone, Debug)]
+pub struct HttpMetrics {
+    rejected: [Counter; Reason::ALL.len()],
+    open: Gauge,
+}
+
+impl HttpMetrics {
+    pub fn rejected(&self, reason: Reason) {
+        self.rejected[reason as usize].inc();
+    }
+
+    /// Counts a connection open until the returned guard drops.
+    pub fn opened(&self) -> OpenConnection {
+        self.open.inc();
+        OpenConnection(self.open.clone())
+    }
+}
+
+/// One open connection in `bfo_alive_http_connections_open`.
+pub struct OpenConnection(Gauge);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -8,8 +8,8 @@
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -23,7 +23,7 @@ use crate::http::{self, AppState, ReloadRequest};
 use crate::metrics::{CertificateUse, Metrics};
 use crate::shard::Shard;
 use crate::supervisor::{Registry, Supervisor};
-use crate::tls_listener::TlsListener;
+use crate::web::{self, auth::Guard, toolkit::WebConfig};
 
 /// Where the configuration comes from, and comes again on reload.
 #[derive(Debug, Clone)]
@@ -59,6 +59,18 @@ pub struct Options {
     /// `--config.watch-interval`: how often to look whether the configuration file's
     /// content changed, and reload if it did (as on SIGHUP). `None`: never.
     pub watch_interval: Option<Duration>,
+    pub web: WebOptions,
+}
+
+/// The main listener's `--web.*` flags beyond its address.
+#[derive(Debug, Clone, Default)]
+pub struct WebOptions {
+    /// `--web.config.file`: TLS, basic auth and headers in exporter-toolkit's format; read
+    /// again on every reload.
+    pub config_file: Option<PathBuf>,
+    /// `--web.enable-lifecycle`: without it `POST /-/reload` answers 403 (SIGHUP still
+    /// reloads).
+    pub enable_lifecycle: bool,
 }
 
 /// A running exporter.
@@ -172,6 +184,10 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
         }),
     );
     metrics.set_shard(opts.shard);
+    let web = match &opts.web.config_file {
+        Some(path) => Some(load_web(path.clone()).await.map_err(anyhow::Error::msg)?),
+        None => None,
+    };
 
     let registry = Arc::new(Registry::default());
     let backends = Factory {
@@ -193,6 +209,12 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
     let (reload_tx, reload_rx) = mpsc::channel::<ReloadRequest>(4);
     let ready = Arc::new(AtomicBool::new(true));
     let probe_endpoint = Arc::new(AtomicBool::new(config.exporter.probe_endpoint));
+    let limits = web::Limits::from(&config.http);
+    let main_metrics = metrics.http("main");
+    let push_metrics = match push_listener {
+        Some(_) => metrics.http("push"),
+        None => main_metrics.clone(),
+    };
     let state = AppState {
         metrics: metrics.clone(),
         registry: registry.clone(),
@@ -200,6 +222,8 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
         ready: ready.clone(),
         max_body: config.push.max_body.as_u64() as usize,
         probe_endpoint: probe_endpoint.clone(),
+        lifecycle: opts.web.enable_lifecycle,
+        push_gate: web::PushGate::new(config.http.max_push_requests, push_metrics.clone()),
     };
     let shutdown = CancellationToken::new();
     let http_stop = CancellationToken::new();
@@ -208,19 +232,46 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
     if let Some((path, every, seen)) = watched {
         watch(path, every, seen, trigger, shutdown.clone());
     }
-    let mut servers = vec![serve(
-        main,
-        http::router(state.clone(), push_listener.is_none()),
+    let guard = web
+        .as_ref()
+        .filter(|w| w.policy.is_active())
+        .map(|w| Guard::new(w.policy.clone()));
+    let main_tls = web
+        .as_ref()
+        .and_then(|w| w.tls.clone())
+        .map(|c| Arc::new(RwLock::new(Arc::new(c))));
+    let mut servers = vec![web::serve(
+        web::Listener {
+            name: "main",
+            tcp: main,
+            tls: main_tls.clone(),
+            router: http::router(state.clone(), push_listener.is_none(), guard.clone()),
+            http2: web.as_ref().is_none_or(|w| w.http2),
+            limits,
+            metrics: main_metrics,
+        },
         http_stop.clone(),
     )];
     if let Some(l) = push_listener {
-        let router = http::push_router(state);
-        match push_tls {
-            Some(tls) => servers.push(serve(TlsListener::new(l, tls)?, router, http_stop.clone())),
-            None => servers.push(serve(l, router, http_stop.clone())),
-        }
+        servers.push(web::serve(
+            web::Listener {
+                name: "push",
+                tcp: l,
+                tls: push_tls.map(|c| Arc::new(RwLock::new(Arc::new(c)))),
+                router: http::push_router(state),
+                http2: true,
+                limits,
+                metrics: push_metrics,
+            },
+            http_stop.clone(),
+        ));
     }
-    tracing::info!(%addr, %push_addr, "listening");
+    tracing::info!(%addr, %push_addr, tls = main_tls.is_some(), auth = guard.is_some(), "listening");
+    let web = opts.web.config_file.map(|path| WebReload {
+        path,
+        tls: main_tls,
+        guard,
+    });
 
     let task = tokio::spawn(
         Control {
@@ -234,6 +285,7 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
             http_stop,
             servers,
             hup,
+            web,
         }
         .run(),
     );
@@ -247,19 +299,45 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
     })
 }
 
-fn serve<L>(listener: L, router: axum::Router, stop: CancellationToken) -> JoinHandle<()>
-where
-    L: axum::serve::Listener,
-    L::Addr: std::fmt::Debug,
-{
-    tokio::spawn(async move {
-        let r = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = r {
-            tracing::error!(error = %e, "HTTP server failed");
+/// Reads the web config file (bcrypt for its decoy hash: off the runtime's workers).
+async fn load_web(path: PathBuf) -> Result<WebConfig, String> {
+    tokio::task::spawn_blocking(move || web::toolkit::load(&path))
+        .await
+        .map_err(|e| e.to_string())?
+}
+
+/// What a reload reads again from `--web.config.file`: the certificate and the policy.
+/// Whether the main listener speaks TLS, whether a policy applies at all, and HTTP/2 are
+/// fixed at start.
+struct WebReload {
+    path: PathBuf,
+    tls: Option<web::TlsSlot>,
+    guard: Option<Arc<Guard>>,
+}
+
+impl WebReload {
+    async fn apply(&self) -> Result<(), String> {
+        let new = load_web(self.path.clone()).await?;
+        let restart = |what: &str| {
+            Err(format!(
+                "{}: {what} takes effect at the next start; the old web configuration stays",
+                self.path.display()
+            ))
+        };
+        if new.tls.is_some() != self.tls.is_some() {
+            return restart("turning TLS on or off");
         }
-    })
+        if new.policy.is_active() != self.guard.is_some() {
+            return restart("turning basic auth, headers or the rate limit on or off");
+        }
+        if let (Some(slot), Some(c)) = (&self.tls, new.tls) {
+            *slot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(c);
+        }
+        if let Some(g) = &self.guard {
+            g.replace(new.policy);
+        }
+        Ok(())
+    }
 }
 
 /// The control task: reloads on request, then drains on shutdown.
@@ -275,6 +353,7 @@ struct Control {
     servers: Vec<JoinHandle<()>>,
     /// Reloads without an answer: SIGHUP and a changed file.
     hup: mpsc::Receiver<()>,
+    web: Option<WebReload>,
 }
 
 impl Control {
@@ -290,6 +369,7 @@ impl Control {
             http_stop,
             servers,
             mut hup,
+            web,
         } = self;
         loop {
             let reply = tokio::select! {
@@ -307,6 +387,10 @@ impl Control {
                     r
                 }
                 Err(e) => Err(e.to_string()),
+            };
+            let result = match (result, &web) {
+                (Ok(()), Some(w)) => w.apply().await,
+                (r, _) => r,
             };
             match &result {
                 Ok(()) => tracing::info!("configuration reloaded"),

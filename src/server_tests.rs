@@ -40,6 +40,7 @@ async fn graceful_stop_waits_for_inflight_probes_while_receivers_still_run() {
         shard: None,
         probe_loops: true,
         watch_interval: None,
+        web: Default::default(),
     })
     .await
     .expect("server starts");

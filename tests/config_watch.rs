@@ -33,6 +33,7 @@ async fn start_watching(path: &Path) -> Server {
         shard: None,
         probe_loops: true,
         watch_interval: Some(EVERY),
+        web: Default::default(),
     })
     .await
     .expect("server starts")

@@ -11,6 +11,8 @@ use bfo_alive_exporter::message::{
     Filtreringsdata, StandardRetur, UnikId, build_business_message_with, parse_afsend_reply,
     parse_haendelsesbesked,
 };
+use std::time::Duration;
+
 use bfo_alive_exporter::server::Server;
 use common::broker::*;
 use common::emulator::*;
@@ -178,8 +180,28 @@ async fn emulator_run(b: &Broker, abonnement: &str, misrouted: Option<f64>) {
     let emu = start_emulator(&emulator_config(&url, &s, abonnement)).await;
     // The probes sent before the emulator declared the exchange fail: none is awaited.
     let text = wait_all(&s, 8.0, misrouted, &format!("emulator, {abonnement}")).await;
-    s.stop().await;
+    // Stop routing first, while the consumers still run: with fan-out, copies routed in the
+    // last moment must still be taken. Then every dueslag queue must drain to empty.
     emu.cancel();
+    let vhost = vhost_of(&url);
+    wait_for(Duration::from_secs(20), || {
+        let listing = b.ctl(&["list_queues", "-p", &vhost, "name", "messages"]);
+        let left: Vec<String> = listing
+            .lines()
+            .filter(|l| queues.iter().any(|q| l.starts_with(q)))
+            .filter(|l| l.split_whitespace().nth(1).is_some_and(|n| n != "0"))
+            .map(str::to_string)
+            .collect();
+        async move {
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("messages left: {left:?}"))
+            }
+        }
+    })
+    .await;
+    s.stop().await;
     for (d, m) in ALL {
         assert_eq!(received(&text, d, m, "foreign"), 0.0, "{d}");
         assert_eq!(probes(&text, d, m, "timeout"), 0.0, "{d}");

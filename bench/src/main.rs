@@ -6,7 +6,9 @@
 //! - scale on the simulator: N dueslag at a configured rate ([`scale::scale`]);
 //! - accuracy: injected simulator delay vs measured round trip ([`scale::accuracy`]);
 //! - RabbitMQ: exporter + emulator vs a raw lapin baseline at increasing rates ([`broker`]);
-//! - the soak: N dueslag with loss and duplicates, memory and stalled loops ([`scale::soak`]).
+//! - the soak: N dueslag with loss and duplicates, memory and stalled loops ([`scale::soak`]);
+//! - slow clients (`--only slow`, not in the default set): N connections sending a byte a
+//!   second to the push endpoint, cut by the exporter's limits ([`slow`], RELIABILITY.md).
 //!
 //! It prints a table, and writes `report.txt` and `report.json` (plus every generated
 //! configuration and exporter log) to `--out`. It reports; it asserts nothing.
@@ -15,6 +17,7 @@ mod broker;
 mod child;
 mod report;
 mod scale;
+mod slow;
 mod stats;
 
 use std::path::PathBuf;
@@ -34,7 +37,8 @@ pub struct Args {
     /// Short mode: shorter windows, a 2-minute soak, fewer broker rates (a few minutes).
     #[arg(long)]
     pub quick: bool,
-    /// Scenarios to run, comma-separated: scale, accuracy, broker, soak.
+    /// Scenarios to run, comma-separated: scale, accuracy, broker, soak; and slow (slow
+    /// clients against the push endpoint, RELIABILITY.md), which only runs when named.
     #[arg(
         long,
         value_delimiter = ',',
@@ -78,6 +82,16 @@ pub struct Args {
     /// Use the broker of this env file (scripts/rabbitmq.sh) instead of starting one.
     #[arg(long)]
     pub amqp_env: Option<PathBuf>,
+    /// Slow clients of the slow scenario.
+    #[arg(long, default_value_t = 2000)]
+    pub slow_clients: usize,
+    /// `[http] max_connections` of each slow run: the default, and one above the clients
+    /// (so that only the timeouts cut).
+    #[arg(long, value_delimiter = ',', default_value = "512,4096")]
+    pub slow_caps: Vec<usize>,
+    /// How long a slow client keeps going before it gives up (bounds the run).
+    #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
+    pub slow_hold: Duration,
     /// The script that starts and stops a private RabbitMQ.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq.sh"))]
     pub rabbitmq_script: PathBuf,
@@ -248,6 +262,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )
             .await?,
         );
+    }
+    let mut slow_lines = vec![];
+    if wants("slow") {
+        for &cap in &args.slow_caps {
+            eprintln!(
+                "slow: {} clients a byte a second against the push endpoint, max_connections {cap}…",
+                args.slow_clients
+            );
+            let r = slow::run(&bin, &dir, args.slow_clients, cap, args.slow_hold).await?;
+            let line = slow::line(&r);
+            eprintln!("  {line}");
+            slow_lines.push(line);
+            std::fs::write(
+                dir.join(format!("slow-cap{cap}.json")),
+                serde_json::to_string_pretty(&r)?,
+            )?;
+        }
+        if args.only.iter().all(|o| o == "slow") {
+            std::fs::write(dir.join("slow.txt"), slow_lines.join("\n") + "\n")?;
+            println!("{}", slow_lines.join("\n"));
+            return Ok(());
+        }
     }
     rep.evaluate();
     let table = rep.table();

@@ -3,7 +3,8 @@
 #   - "Run it": the command block is run literally (`cargo run -- demo`), /metrics must
 #     answer on the README's address with the simulator backend, then it is stopped;
 #   - "Run the tests": the block must be what .ci/run executes;
-#   - "Configure it": every exporter example passes `--config.check`, a file without a
+#   - "Configure it": every exporter example passes `--config.check` (the web config
+#     example with `--web.config.file`), a file without a
 #     backend is refused with exit 2, and `--help` works for every subcommand.
 # Only what this script starts is stopped, by PID.
 set -uo pipefail
@@ -83,6 +84,13 @@ for f in examples/*.toml; do
     fail=1
   fi
 done
+# The web config example (exporter-toolkit format) is checked with a configuration.
+if out="$("$bin" --config.file examples/minimal.toml --web.config.file examples/web-config.yml --config.check 2>&1)"; then
+  ops_log "ok: examples/web-config.yml: $(head -n 1 <<<"$out")"
+else
+  ops_log "FAIL: examples/web-config.yml: $out"
+  fail=1
+fi
 nobackend="$OPS_TMP/no-backend.toml"
 printf '[identity]\nanvendersystem = "cf12c051-39ce-4066-ba11-704b46fa23c4"\ncvr = "29189846"\n' >"$nobackend"
 out="$("$bin" --config.file "$nobackend" --config.check 2>&1)"

@@ -45,6 +45,9 @@ pub struct Config {
     pub token: Option<TokenConfig>,
     #[serde(default)]
     pub push: PushConfig,
+    /// Limits on every HTTP listener (ARCHITECTURE.md §3); read once at start.
+    #[serde(default)]
+    pub http: HttpConfig,
     #[serde(default)]
     pub defaults: Defaults,
     #[serde(default)]
@@ -261,6 +264,42 @@ impl Default for PushConfig {
 
 fn default_max_body() -> bytesize::ByteSize {
     bytesize::ByteSize::mib(1)
+}
+
+/// `[http]`: what a client may cost the exporter, per listener. Defaults and why: README
+/// "Slow and abusive clients".
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// From the first byte of a request (or the connection's start) to its last header.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// From the request head to the body's last byte.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
+    /// A kept-alive connection with nothing to do, or a response the client stopped reading.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub tls_handshake_timeout: Duration,
+    /// Open connections per listener; beyond it a new one is closed at once.
+    pub max_connections: usize,
+    /// Push requests read and parsed at once; beyond it (after 1 s) 503, and the
+    /// Beskedfordeler delivers again.
+    pub max_push_requests: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(90),
+            tls_handshake_timeout: Duration::from_secs(10),
+            max_connections: 512,
+            max_push_requests: 32,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]

@@ -141,8 +141,22 @@ impl Config {
                 return Err("token.renew_at: must be between 0 and 1".into());
             }
         }
+        let h = &self.http;
+        for (key, d) in [
+            ("header_timeout", h.header_timeout),
+            ("body_timeout", h.body_timeout),
+            ("idle_timeout", h.idle_timeout),
+            ("tls_handshake_timeout", h.tls_handshake_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("http.{key}: must be > 0"));
+            }
+        }
+        if h.max_connections == 0 || h.max_push_requests == 0 {
+            return Err("http.max_connections, http.max_push_requests: must be >= 1".into());
+        }
         if self.push.tls.is_some() && self.push.listen.is_none() {
-            return Err("push.tls: needs push.listen (TLS applies to the push listener; /metrics stays plain)".into());
+            return Err("push.tls: needs push.listen (TLS applies to the push listener; the main listener's TLS comes from --web.config.file)".into());
         }
         if let Some(u) = &self.push.external_url {
             let ok = url::Url::parse(u).is_ok_and(|p| {

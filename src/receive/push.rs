@@ -40,8 +40,25 @@ pub async fn handle(State(s): State<AppState>, Path(name): Path<String>, body: B
             ),
         );
     };
+    // A bounded number read and parse at once; the Beskedfordeler delivers a 503 again.
+    let Some(_slot) = s.push_gate.enter().await else {
+        return xml(
+            StatusCode::SERVICE_UNAVAILABLE,
+            StandardRetur::error(
+                status::INVALID_INPUT,
+                "busy: too many push requests at once; deliver again",
+            ),
+        );
+    };
     let bytes = match to_bytes(body, s.max_body).await {
         Ok(b) => b,
+        // A slow client, counted as such; nothing arrived.
+        Err(e) if crate::web::is_body_timeout(&e) => {
+            return xml(
+                StatusCode::REQUEST_TIMEOUT,
+                StandardRetur::error(status::INVALID_INPUT, e.to_string()),
+            );
+        }
         Err(e) => {
             let why = format!("body refused (limit {} bytes): {e}", s.max_body);
             running.probe.observe(Outcome::Received {

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use bfo_alive_exporter::server::{self, ConfigSource, Options, Server};
+use bfo_alive_exporter::server::{self, ConfigSource, Options, Server, WebOptions};
 
 pub const IDENTITY: &str = r#"
 [exporter]
@@ -38,8 +38,20 @@ impl ConfigFile {
     }
 }
 
-/// Starts the exporter on loopback with this configuration text.
+/// Starts the exporter on loopback with this configuration text (and `POST /-/reload`).
 pub async fn start(text: &str) -> (Server, ConfigFile) {
+    start_with(
+        text,
+        WebOptions {
+            enable_lifecycle: true,
+            ..WebOptions::default()
+        },
+    )
+    .await
+}
+
+/// Starts the exporter on loopback with this configuration text and these `--web.*` flags.
+pub async fn start_with(text: &str, web: WebOptions) -> (Server, ConfigFile) {
     let file = ConfigFile::new(text);
     let server = server::start(Options {
         source: ConfigSource::File(file.path.clone()),
@@ -47,6 +59,7 @@ pub async fn start(text: &str) -> (Server, ConfigFile) {
         shard: None,
         probe_loops: true,
         watch_interval: None,
+        web,
     })
     .await
     .expect("server starts");
@@ -151,6 +164,7 @@ pub fn alive_to(dueslag: &str, instance: &str) -> String {
 
 pub mod broker;
 pub mod emulator;
+pub mod pki;
 mod wait;
 
 pub use wait::wait_for;
