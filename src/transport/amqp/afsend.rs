@@ -7,6 +7,12 @@
 //! in the `token` header, and waits for the reply whose correlation id matches, read as
 //! `message::parse_afsend_reply` reads it. A `basic.return` is "unroutable".
 //!
+//! An attempt, including getting its channel (which may wait for a connect), ends within
+//! the send timeout: a broker that stopped answering (a half-open connection, a frozen
+//! node) costs one attempt's time, not a send that waits until the connection is found dead.
+//! A publish the broker refuses because the exchange does not exist (`NOT_FOUND`) is
+//! `NoExchange`, counted as `unroutable`, not as a connection error: the connection is up.
+//!
 //! When the channel or connection closes while attempts wait for their reply, they end at
 //! once as a connection error (not at the send timeout), so that `send.rs` retries them on a
 //! new connection. When the link replaces its connection (`max_connection_age`), the next
@@ -27,7 +33,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::Link;
+use super::{Link, broker_refusal};
 use crate::message::{StandardRetur, parse_afsend_reply};
 use crate::protocol::Service;
 use crate::protocol::{AFSEND_EXCHANGE, AFSEND_ROUTING_KEY, DIRECT_REPLY_TO, TOKEN_HEADER};
@@ -175,7 +181,12 @@ impl Afsender for AmqpAfsender {
         correlation_id: Uuid,
         timeout: Duration,
     ) -> Result<StandardRetur, AttemptError> {
-        let sc = self.channel(&msg.dueslag).await?;
+        let deadline = Instant::now() + timeout;
+        let sc = tokio::time::timeout_at(deadline, self.channel(&msg.dueslag))
+            .await
+            .map_err(|_| {
+                AttemptError::Connection("no channel to the broker within the send timeout".into())
+            })??;
         let corr = correlation_id.to_string();
         let (tx, rx) = oneshot::channel();
         {
@@ -198,7 +209,6 @@ impl Afsender for AmqpAfsender {
             .with_content_type("application/xml".into())
             .with_content_encoding("utf-8".into())
             .with_headers(headers);
-        let deadline = Instant::now() + timeout;
         let published = async {
             let confirm = sc
                 .channel
@@ -218,6 +228,9 @@ impl Afsender for AmqpAfsender {
         };
         let result = match tokio::time::timeout_at(deadline, published).await {
             Err(_) => Err(AttemptError::Timeout),
+            Ok(Err(e)) if broker_refusal(&e) == Some(lapin::protocol::AMQPSoftError::NOTFOUND) => {
+                Err(AttemptError::NoExchange(e.to_string()))
+            }
             Ok(Err(e)) => Err(AttemptError::Connection(e.to_string())),
             Ok(Ok(confirm)) if confirm.is_nack() => Err(AttemptError::Connection(
                 "the broker nacked the publish".into(),
@@ -243,6 +256,8 @@ impl Afsender for AmqpAfsender {
         match &result {
             // A missing reply: the next attempt gets a fresh channel (and reply consumer).
             Err(AttemptError::Timeout) => self.forget_channel(&msg.dueslag, &sc).await,
+            // The broker closed the channel: a new one next time.
+            Err(AttemptError::NoExchange(_)) => self.forget_channel(&msg.dueslag, &sc).await,
             Err(AttemptError::Connection(_)) => {
                 self.forget_channel(&msg.dueslag, &sc).await;
                 if !sc.channel.status().connected() {

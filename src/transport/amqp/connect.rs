@@ -8,11 +8,25 @@
 //! [`TokenSlot`] that the [`crate::token::TokenManager`] keeps fresh. A reconnect after a
 //! renewal therefore sends the new token.
 //!
+//! **Bounded.** The whole connect, TCP, TLS and the AMQP handshake, ends within the URI's
+//! `connection_timeout` or [`DEFAULT_CONNECT_TIMEOUT`]: a broker that accepts TCP but never
+//! answers (a frozen node, a black hole behind a proxy) must not hold the link, which
+//! waits for the connect, forever. lapin drives each connection on its own thread, which a
+//! dropped connect future does not stop, so on a timeout the socket is shut down through a
+//! duplicate of it kept until the handshake ends ([`SocketCut`]): the thread sees the error and
+//! exits instead of lingering with the socket.
+//!
+//! **Heartbeat.** [`connect_tuned`] asks for a heartbeat interval (`[broker] heartbeat`),
+//! unless the URI names one (`?heartbeat=N`); lapin takes the lower of ours and the
+//! broker's, and declares the connection dead after two intervals without a frame, which
+//! is how a half-open connection (a peer that vanished without closing) is noticed.
+//!
 //! Logging: lapin prints incoming frames, and outgoing ones it discards, at TRACE. Keep
 //! the `lapin` target at DEBUG or lower in production so no token reaches a log.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::auth::AuthProvider;
@@ -28,8 +42,33 @@ pub const EXTERNAL: &str = "EXTERNAL";
 
 const NO_TOKEN: &str = "no token yet for SASL EXTERNAL (token source not ready)";
 
-/// TCP connect + TLS handshake limit when the URI has no `connection_timeout` (ms).
+/// Limit of a whole connect (TCP, TLS, AMQP handshake) when the URI has no
+/// `connection_timeout` (ms).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A duplicate of a connecting socket, held until the handshake ends, so that a handshake
+/// that overran its time can be cut (module doc). Shutting a socket down through any of its
+/// descriptors ends it for every holder; the duplicate is closed when this is dropped.
+#[derive(Clone, Default)]
+struct SocketCut(Arc<Mutex<Option<OwnedFd>>>);
+
+impl SocketCut {
+    fn keep(&self, fd: Option<OwnedFd>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = fd;
+    }
+
+    /// Forgets the duplicate (the handshake ended: the connection owns its socket alone).
+    fn release(&self) {
+        self.keep(None);
+    }
+
+    /// Shuts the socket down, so the connection's thread fails and exits.
+    fn cut(&self) {
+        if let Some(fd) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
 
 /// SASL EXTERNAL whose response is the current token's XML, exactly.
 #[derive(Clone, Debug)]
@@ -97,9 +136,24 @@ pub async fn connect_with_properties(
     auth: AuthChoice,
     properties: ConnectionProperties,
 ) -> lapin::Result<Connection> {
-    let uri: AMQPUri = uri
+    connect_tuned(uri, tls, auth, properties, None).await
+}
+
+/// [`connect_with_properties`] asking for a heartbeat of `heartbeat` seconds, unless the URI
+/// names one; `None` takes lapin's default (the broker's proposal).
+pub async fn connect_tuned(
+    uri: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    auth: AuthChoice,
+    properties: ConnectionProperties,
+    heartbeat: Option<u16>,
+) -> lapin::Result<Connection> {
+    let mut uri: AMQPUri = uri
         .parse()
         .map_err(|e: String| other(format!("invalid AMQP URI: {e}")))?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = heartbeat;
+    }
     let connector = match (&uri.scheme, tls) {
         (AMQPScheme::AMQP, None) => None,
         (AMQPScheme::AMQP, Some(_)) => {
@@ -132,8 +186,11 @@ pub async fn connect_with_properties(
         .map(Duration::from_millis)
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let runtime = lapin::runtime::default_runtime()?;
+    let (host, port) = (uri.authority.host.clone(), uri.authority.port);
+    let cut = SocketCut::default();
+    let socket = cut.clone();
     // Used for the first connection and again by lapin's reconnects.
-    Connection::connector(
+    let connecting = Connection::connector(
         uri,
         runtime,
         async move |uri: AMQPUri, runtime| {
@@ -144,6 +201,9 @@ pub async fn connect_with_properties(
                     .await?
                     .collect();
                 let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+                if let AsyncTcpStream::Plain(s) = &stream {
+                    socket.keep(s.get_ref().as_fd().try_clone_to_owned().ok());
+                }
                 match (&uri.scheme, &connector) {
                     (AMQPScheme::AMQPS, Some(c)) => stream.into_rustls(c, &host).await,
                     _ => Ok(stream),
@@ -164,8 +224,22 @@ pub async fn connect_with_properties(
             }
         },
         properties,
-    )
-    .await
+    );
+    let result = tokio::time::timeout(timeout, connecting).await;
+    match result {
+        Ok(r) => {
+            cut.release();
+            r
+        }
+        Err(_) => {
+            cut.cut();
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to {host}:{port}: no AMQP handshake within {timeout:?}"),
+            )
+            .into())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +384,44 @@ mod tests {
                 .is_err()
         );
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_handshake_that_never_ends_is_cut_in_time() {
+        let (listener, port) = plain_listener().await;
+        // A peer that accepts TCP and never answers, like a frozen broker.
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let mut read = 0;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break read,
+                    Ok(n) => read += n,
+                }
+            }
+        });
+        let started = std::time::Instant::now();
+        let e = tokio::time::timeout(
+            Duration::from_secs(10),
+            connect(
+                &format!("amqp://guest:guest@127.0.0.1:{port}/BF?connection_timeout=300"),
+                None,
+                AuthChoice::Plain,
+            ),
+        )
+        .await
+        .expect("the connect ends by itself")
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no AMQP handshake within"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The socket was shut down: no connection thread lingers holding it open.
+        let read = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the peer sees the connection end")
+            .unwrap();
+        assert_eq!(read, 8, "only the protocol header came");
     }
 
     #[tokio::test]

@@ -130,11 +130,12 @@ impl Link {
         };
         let properties = ConnectionProperties::default()
             .with_connection_name(connection_name(self.service).into());
-        sasl::connect_with_properties(
+        sasl::connect_tuned(
             &self.settings.url,
             self.settings.tls.clone(),
             auth,
             properties,
+            self.settings.heartbeat,
         )
         .await
     }
@@ -325,6 +326,7 @@ mod tests {
             external: false,
             prefetch: 1,
             max_connection_age: None,
+            heartbeat: None,
             events: Arc::new(move |service, event| {
                 s.lock().unwrap().push((service, event.clone()))
             }),
