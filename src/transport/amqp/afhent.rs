@@ -161,10 +161,7 @@ impl PullConsumer for AmqpPull {
 impl Drop for AmqpPull {
     /// Closing the channel returns every unacknowledged (held) delivery to the queue.
     fn drop(&mut self) {
-        let channel = self.channel.clone();
-        tokio::spawn(async move {
-            let _ = channel.close(200, "consumer stopped".into()).await;
-        });
+        super::close_channel_later(self.channel.clone(), "consumer stopped");
     }
 }
 

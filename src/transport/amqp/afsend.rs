@@ -7,9 +7,12 @@
 //! in the `token` header, and waits for the reply whose correlation id matches, read as
 //! `message::parse_afsend_reply` reads it. A `basic.return` is "unroutable".
 //!
-//! An attempt, including getting its channel (which may wait for a connect), ends within
-//! the send timeout: a broker that stopped answering (a half-open connection, a frozen
-//! node) costs one attempt's time, not a send that waits until the connection is found dead.
+//! An attempt ends within the send timeout once it has a connection, opening its channel
+//! included: a broker that stopped answering (a half-open connection, a frozen node) costs
+//! one attempt's time, not a send that waits until the heartbeat finds the connection dead.
+//! Waiting for the link's connect is not cut short (the connect is bounded by its own
+//! timeout, and abandoning it would only start another); nor is a channel close awaited
+//! on the attempt's path.
 //! A publish the broker refuses because the exchange does not exist (`NOT_FOUND`) is
 //! `NoExchange`, counted as `unroutable`, not as a connection error: the connection is up.
 //!
@@ -91,12 +94,13 @@ impl AmqpAfsender {
         }
     }
 
-    async fn channel(&self, dueslag: &str) -> Result<Arc<SendChannel>, AttemptError> {
-        let (conn, generation) = self
-            .link
-            .connection()
-            .await
-            .map_err(AttemptError::Connection)?;
+    /// The dueslag's channel on `conn` (of `generation`), opened if needed.
+    async fn channel(
+        &self,
+        dueslag: &str,
+        conn: Arc<Connection>,
+        generation: u64,
+    ) -> Result<Arc<SendChannel>, AttemptError> {
         let mut channels = self.channels.lock().await;
         if channels.generation != generation {
             // A new connection: forget the old one's channels, so that it is closed as soon
@@ -169,7 +173,9 @@ impl AmqpAfsender {
             channels.by_dueslag.remove(dueslag);
         }
         drop(channels);
-        let _ = sc.channel.close(200, "reopening".into()).await;
+        // Not awaited: a broker that stopped answering would hold the attempt (and its task)
+        // until the connection is found dead.
+        super::close_channel_later(sc.channel.clone(), "reopening");
     }
 }
 
@@ -181,8 +187,13 @@ impl Afsender for AmqpAfsender {
         correlation_id: Uuid,
         timeout: Duration,
     ) -> Result<StandardRetur, AttemptError> {
+        let (conn, generation) = self
+            .link
+            .connection()
+            .await
+            .map_err(AttemptError::Connection)?;
         let deadline = Instant::now() + timeout;
-        let sc = tokio::time::timeout_at(deadline, self.channel(&msg.dueslag))
+        let sc = tokio::time::timeout_at(deadline, self.channel(&msg.dueslag, conn, generation))
             .await
             .map_err(|_| {
                 AttemptError::Connection("no channel to the broker within the send timeout".into())

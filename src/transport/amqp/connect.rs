@@ -12,9 +12,11 @@
 //! `connection_timeout` or [`DEFAULT_CONNECT_TIMEOUT`]: a broker that accepts TCP but never
 //! answers (a frozen node, a black hole behind a proxy) must not hold the link, which
 //! waits for the connect, forever. lapin drives each connection on its own thread, which a
-//! dropped connect future does not stop, so on a timeout the socket is shut down through a
-//! duplicate of it kept until the handshake ends ([`SocketCut`]): the thread sees the error and
-//! exits instead of lingering with the socket.
+//! dropped connect future does not stop, so when the connect times out, or its caller gives
+//! up on it (drops it), the socket is shut down through a duplicate of it kept until the
+//! handshake ends ([`SocketCut`]): the thread sees the error and exits instead of lingering
+//! with the socket, and of finishing a handshake (with 8 MiB of buffers) for nobody once a
+//! frozen broker answers again.
 //!
 //! **Heartbeat.** [`connect_tuned`] asks for a heartbeat interval (`[broker] heartbeat`),
 //! unless the URI names one (`?heartbeat=N`); lapin takes the lower of ours and the
@@ -67,6 +69,16 @@ impl SocketCut {
         if let Some(fd) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
             let _ = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both);
         }
+    }
+}
+
+/// Cuts the socket when dropped before the handshake ended (the connect timed out, or its
+/// future was dropped by a caller that gave up).
+struct CutUnlessDone(SocketCut);
+
+impl Drop for CutUnlessDone {
+    fn drop(&mut self) {
+        self.0.cut();
     }
 }
 
@@ -187,52 +199,74 @@ pub async fn connect_tuned(
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let runtime = lapin::runtime::default_runtime()?;
     let (host, port) = (uri.authority.host.clone(), uri.authority.port);
+    let deadline = tokio::time::Instant::now() + timeout;
     let cut = SocketCut::default();
-    let socket = cut.clone();
-    // Used for the first connection and again by lapin's reconnects.
+    // TCP (and TLS), for the first connection and again for any reconnect of lapin's.
+    let open = {
+        let socket = cut.clone();
+        let runtime = runtime.clone();
+        move |uri: AMQPUri| {
+            let (connector, socket, runtime) = (connector.clone(), socket.clone(), runtime.clone());
+            async move {
+                let host = uri.authority.host.clone();
+                let port = uri.authority.port;
+                let open = async {
+                    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                        .await?
+                        .collect();
+                    let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+                    if let AsyncTcpStream::Plain(s) = &stream {
+                        socket.keep(s.get_ref().as_fd().try_clone_to_owned().ok());
+                    }
+                    match (&uri.scheme, &connector) {
+                        (AMQPScheme::AMQPS, Some(c)) => stream.into_rustls(c, &host).await,
+                        _ => Ok(stream),
+                    }
+                };
+                match tokio::time::timeout(timeout, open).await {
+                    Ok(Ok(stream)) => Ok(stream),
+                    Ok(Err(e)) => Err(lapin::Error::from(std::io::Error::new(
+                        e.kind(),
+                        format!("connecting to {host}:{port}: {e}"),
+                    ))),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("connecting to {host}:{port}: no connection within {timeout:?}"),
+                    )
+                    .into()),
+                }
+            }
+        }
+    };
+    let guard = CutUnlessDone(cut.clone());
+    // The first transport is opened here, before lapin is involved: lapin 4.12 leaves two
+    // tasks behind for every connect whose transport fails (its RPC task is never told to
+    // stop), and a refused or unreachable broker is the common failure. Handed to lapin
+    // once open.
+    let first = open(uri.clone()).await?;
+    let first = Mutex::new(Some(first));
     let connecting = Connection::connector(
         uri,
         runtime,
-        async move |uri: AMQPUri, runtime| {
-            let host = uri.authority.host.clone();
-            let port = uri.authority.port;
-            let open = async {
-                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-                    .await?
-                    .collect();
-                let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
-                if let AsyncTcpStream::Plain(s) = &stream {
-                    socket.keep(s.get_ref().as_fd().try_clone_to_owned().ok());
-                }
-                match (&uri.scheme, &connector) {
-                    (AMQPScheme::AMQPS, Some(c)) => stream.into_rustls(c, &host).await,
-                    _ => Ok(stream),
-                }
-            };
-            match tokio::time::timeout(timeout, open).await {
-                Ok(Ok(stream)) => Ok(stream),
-                Ok(Err(e)) => Err(std::io::Error::new(
-                    e.kind(),
-                    format!("connecting to {host}:{port}: {e}"),
-                )
-                .into()),
-                Err(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connecting to {host}:{port}: no connection within {timeout:?}"),
-                )
-                .into()),
+        async move |uri: AMQPUri, _| {
+            let ready = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match ready {
+                Some(stream) => Ok(stream),
+                None => open(uri).await,
             }
         },
         properties,
     );
-    let result = tokio::time::timeout(timeout, connecting).await;
+    let result = tokio::time::timeout_at(deadline, connecting).await;
     match result {
         Ok(r) => {
+            // Ended, well or not: the connection owns its socket; nothing to cut.
             cut.release();
+            drop(guard);
             r
         }
         Err(_) => {
-            cut.cut();
+            drop(guard);
             Err(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
                 format!("connecting to {host}:{port}: no AMQP handshake within {timeout:?}"),
@@ -422,6 +456,25 @@ mod tests {
             .expect("the peer sees the connection end")
             .unwrap();
         assert_eq!(read, 8, "only the protocol header came");
+    }
+
+    #[tokio::test]
+    async fn refused_connects_leave_no_task_behind() {
+        // A port where nothing listens: every connect is refused.
+        let (listener, port) = plain_listener().await;
+        drop(listener);
+        let url = format!("amqp://guest:guest@127.0.0.1:{port}/BF");
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = tasks();
+        for _ in 0..10 {
+            assert!(connect(&url, None, AuthChoice::Plain).await.is_err());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(tasks() <= before, "tasks {before} -> {}", tasks());
     }
 
     #[tokio::test]

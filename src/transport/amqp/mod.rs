@@ -33,6 +33,22 @@ pub use self::link::{DownReason, Link, LinkEvent, LinkEvents};
 
 use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
 
+/// The longest a close waits for the broker's close-ok: a broker that stopped answering
+/// must not keep a task (or the link's state) waiting until the heartbeat gives up.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes a channel in the background, waiting at most [`CLOSE_WAIT`].
+fn close_channel_later(channel: lapin::Channel, why: &'static str) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(CLOSE_WAIT, channel.close(200, why.into())).await;
+    });
+}
+
+/// Closes a connection, waiting at most [`CLOSE_WAIT`] for the broker.
+async fn close_in_time(conn: &lapin::Connection, why: &str) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, conn.close(200, why.into())).await;
+}
+
 /// The channel-level (soft) AMQP error with which the broker refused an operation, if
 /// that is what `e` is: `NOT_FOUND` for a missing exchange or queue, `ACCESS_REFUSED`...
 fn broker_refusal(e: &lapin::Error) -> Option<AMQPSoftError> {
