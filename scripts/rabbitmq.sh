@@ -3,6 +3,9 @@
 #
 #   scripts/rabbitmq.sh start DIR   start a private node whose files all live in DIR
 #   scripts/rabbitmq.sh stop DIR    stop what `start DIR` started (by PID, nothing else)
+#   scripts/rabbitmq.sh restart DIR start the node of DIR again after it died (e.g. a test
+#                                   killed it): same name, ports, data and certificates,
+#                                   new PIDs in DIR/env, so clients reconnect to it
 #   scripts/rabbitmq.sh env DIR     print DIR/env (source it, or point BFO_TEST_AMQP_ENV at it)
 #
 # The node listens on 127.0.0.1 only, on ports picked free at start: plain AMQP, AMQPS with
@@ -33,7 +36,7 @@ die() { echo "$PROG: $*" >&2; exit 1; }
 log() { echo "$PROG: $*" >&2; }
 
 usage() {
-    echo "usage: $PROG start|stop|env DIR" >&2
+    echo "usage: $PROG start|stop|restart|env DIR" >&2
     exit 2
 }
 
@@ -278,6 +281,11 @@ EOF
         sleep 0.1
     done
 
+    launch_node
+    log "node $NODENAME up in $((SECONDS - t0))s: amqp 127.0.0.1:$AMQP_PORT, amqps 127.0.0.1:$AMQPS_PORT; env in $DIR/env"
+}
+
+launch_node() { # the node of rabbit_env's settings, in the background; waits until it booted
     (cd "$DIR" && exec nohup "$sbin/rabbitmq-server" >"$DIR/log/startup.out" 2>&1 </dev/null) &
     RABBITMQ_WRAPPER_PID=$!
     write_env "" # PIDs known so far: a failed start can still be stopped
@@ -306,7 +314,31 @@ EOF
     local pid=
     [[ -s $DIR/rabbitmq.pid ]] && pid=$(tr -dc '0-9' <"$DIR/rabbitmq.pid")
     write_env "$pid"
-    log "node $NODENAME up in $((SECONDS - t0))s: amqp 127.0.0.1:$AMQP_PORT, amqps 127.0.0.1:$AMQPS_PORT; env in $DIR/env"
+}
+
+cmd_restart() {
+    [[ -f $DIR/env ]] || die "no $DIR/env: nothing to restart (run: $PROG start $DIR)"
+    local line key val t0=$SECONDS
+    while IFS= read -r line; do
+        key=${line%%=*}
+        val=${line#*=}
+        case $key in
+            RABBITMQ_PID | EPMD_PID | AMQP_PORT | AMQPS_PORT | ERL_EPMD_PORT) printf -v "$key" '%s' "$val" ;;
+            RABBITMQ_NODENAME) NODENAME=$val ;;
+            RABBITMQ_DIST_PORT) DIST_PORT=$val ;;
+        esac
+    done <"$DIR/env"
+    EPMD_PORT=$ERL_EPMD_PORT
+    if pid_alive "${RABBITMQ_PID:-}" && pid_is "$RABBITMQ_PID" "-home $DIR/home"; then
+        die "node $NODENAME (PID $RABBITMQ_PID) still runs; stop it first"
+    fi
+    pid_alive "${EPMD_PID:-}" || die "epmd of $DIR is gone; run: $PROG stop $DIR && $PROG start $DIR"
+    sbin=$(find_sbin)
+    epmd=$(find_epmd)
+    rm -f "$DIR/rabbitmq.pid"
+    rabbit_env
+    launch_node
+    log "node $NODENAME up again in $((SECONDS - t0))s: amqp 127.0.0.1:$AMQP_PORT"
 }
 
 fail_start() { # message: show the logs, stop what was started, exit
@@ -421,6 +453,7 @@ case $CMD in
         cmd_start
         ;;
     stop) cmd_stop ;;
+    restart) cmd_restart ;;
     env)
         [[ -f $DIR/env ]] || die "no $DIR/env (run: $PROG start $DIR)"
         cat "$DIR/env"

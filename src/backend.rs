@@ -19,7 +19,7 @@ use crate::transport::amqp::{
     AmqpAfhenter, AmqpAfsender, DownReason, Link, LinkEvent, LinkEvents, Settings,
 };
 use crate::transport::sim::{SimAfhenter, SimAfsender};
-use crate::transport::{Afhenter, Backend, PullConsumer};
+use crate::transport::{Afhenter, Backend, ConsumeError, PullConsumer};
 
 /// A backend and what reload needs to reconfigure it.
 pub struct Built {
@@ -230,6 +230,7 @@ fn build_amqp(
         external: broker.auth == AuthKind::External,
         prefetch: broker.prefetch,
         max_connection_age: broker.connection_age_limit(),
+        heartbeat: broker.heartbeat_secs(),
         events,
     };
     // Each used link is down until its first connect, whatever the previous backend showed;
@@ -269,10 +270,10 @@ struct NoAfhent;
 
 #[async_trait::async_trait]
 impl Afhenter for NoAfhent {
-    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, String> {
-        Err(format!(
+    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, ConsumeError> {
+        Err(ConsumeError::connection(format!(
             "cannot consume {queue}: no pull dueslag is configured, so the afhent connection is not opened"
-        ))
+        )))
     }
 }
 

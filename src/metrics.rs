@@ -18,7 +18,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::config::Mode;
-use crate::outcome::{Observer, Outcome, ProbeResult, ReceivedKind, SendFailure};
+use crate::outcome::{ConsumeFailure, Observer, Outcome, ProbeResult, ReceivedKind, SendFailure};
 use crate::process::ProcessCollector;
 use crate::protocol::Service;
 use crate::web::Reason;
@@ -149,6 +149,7 @@ pub struct Metrics {
     roundtrip: Family<DueslagMode, Latency, Buckets>,
     send_duration: Family<DueslagLabel, Latency, Buckets>,
     send_failures: Family<ReasonLabels, Counter>,
+    consume_failures: Family<ReasonLabels, Counter>,
     received: Family<KindLabels, Counter>,
     lost: Family<DueslagMode, Counter>,
     last_success: Family<DueslagMode, Timestamp>,
@@ -196,6 +197,7 @@ impl Metrics {
             roundtrip: Family::new_with_constructor(rt),
             send_duration: Family::new_with_constructor(send),
             send_failures: Family::default(),
+            consume_failures: Family::default(),
             received: Family::default(),
             lost: Family::default(),
             last_success: Family::default(),
@@ -237,6 +239,11 @@ impl Metrics {
             "send_failures",
             "Failed Afsend calls by reason.",
             m.send_failures.clone(),
+        );
+        reg.register(
+            "consume_failures",
+            "Pull consumers of a dueslag that could not start or were ended, by reason.",
+            m.consume_failures.clone(),
         );
         reg.register(
             "received",
@@ -406,6 +413,9 @@ impl Metrics {
             send_failures: k
                 .reasons
                 .map(|l| self.send_failures.get_or_create_owned(&l)),
+            consume_failures: k
+                .consume_reasons
+                .map(|ls| ls.map(|l| self.consume_failures.get_or_create_owned(&l))),
             received: k.kinds.map(|l| self.received.get_or_create_owned(&l)),
             lost: self.lost.get_or_create_owned(&k.dm),
             last_success: self.last_success.get_or_create_owned(&k.dm),
@@ -425,6 +435,9 @@ impl Metrics {
         }
         for l in &k.reasons {
             self.send_failures.remove(l);
+        }
+        for l in k.consume_reasons.iter().flatten() {
+            self.consume_failures.remove(l);
         }
         for l in &k.kinds {
             self.received.remove(l);
@@ -656,6 +669,8 @@ struct SeriesKeys {
     dl: DueslagLabel,
     probes: [ProbeLabels; 3],
     reasons: [ReasonLabels; SendFailure::ALL.len()],
+    /// Pull dueslag only: a push dueslag has no consumer.
+    consume_reasons: Option<[ReasonLabels; ConsumeFailure::ALL.len()]>,
     kinds: [KindLabels; ReceivedKind::ALL.len()],
 }
 
@@ -680,6 +695,12 @@ impl SeriesKeys {
                 dueslag: dueslag(),
                 reason: r.as_str(),
             }),
+            consume_reasons: (mode == Mode::Pull).then(|| {
+                ConsumeFailure::ALL.map(|r| ReasonLabels {
+                    dueslag: dueslag(),
+                    reason: r.as_str(),
+                })
+            }),
             kinds: ReceivedKind::ALL.map(|k| KindLabels {
                 dueslag: dueslag(),
                 mode: mode.as_str(),
@@ -696,6 +717,7 @@ pub struct DueslagMetrics {
     roundtrip: Latency,
     send_duration: Latency,
     send_failures: [Counter; SendFailure::ALL.len()],
+    consume_failures: Option<[Counter; ConsumeFailure::ALL.len()]>,
     received: [Counter; ReceivedKind::ALL.len()],
     lost: Counter,
     last_success: Timestamp,
@@ -766,6 +788,15 @@ impl Observer for DueslagMetrics {
                 self.held.set(count as i64);
                 self.consumer_paused.set(i64::from(paused));
             }
+            Outcome::ConsumeFailed { reason, .. } => {
+                let i = ConsumeFailure::ALL
+                    .iter()
+                    .position(|r| *r == reason)
+                    .unwrap_or(0);
+                if let Some(c) = &self.consume_failures {
+                    c[i].inc();
+                }
+            }
         }
     }
 }
@@ -790,6 +821,7 @@ mod tests {
             r#"bfo_alive_roundtrip_duration_seconds_count{dueslag="sag-pull",mode="pull"} 0"#,
             r#"bfo_alive_connection_up{connection="afhent"} 0"#,
             r#"bfo_alive_connection_rotations_total{connection="afsend"} 0"#,
+            r#"bfo_alive_consume_failures_total{dueslag="sag-pull",reason="queue_missing"} 0"#,
             r#"bfo_alive_exporter_build_info{version=""#,
             "process_resident_memory_bytes ",
         ] {
@@ -809,6 +841,24 @@ mod tests {
             "{om}"
         );
         assert!(!m.render(Format::Text).contains("besked_id"));
+        d.observe(Outcome::ConsumeFailed {
+            reason: ConsumeFailure::QueueMissing,
+            detail: "NOT_FOUND".into(),
+        });
+        assert!(m.render(Format::Text).contains(
+            r#"bfo_alive_consume_failures_total{dueslag="sag-pull",reason="queue_missing"} 1"#
+        ));
+        // A push dueslag has no consumer, so no consume series.
+        let push = m.dueslag("sag-push", Mode::Push);
+        push.observe(Outcome::ConsumeFailed {
+            reason: ConsumeFailure::Connection,
+            detail: String::new(),
+        });
+        assert!(
+            !m.render(Format::Text)
+                .contains(r#"bfo_alive_consume_failures_total{dueslag="sag-push""#)
+        );
+        m.remove_dueslag("sag-push", Mode::Push);
         m.remove_dueslag("sag-pull", Mode::Pull);
         assert!(!m.render(Format::Text).contains("sag-pull"));
     }

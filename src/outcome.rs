@@ -46,6 +46,41 @@ impl SendFailure {
     }
 }
 
+/// Why a pull dueslag is not consuming (label `reason` of
+/// `bfo_alive_consume_failures_total`): a `basic.consume` that failed, or a running consumer
+/// that the broker or the network ended. Each counts once per attempt, so the rate shows
+/// the receiver's retry rate, bounded by the reconnect backoff.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ConsumeFailure {
+    /// No connection or channel to the broker, or it was lost under the consumer.
+    Connection,
+    /// The dueslag's queue does not exist (AMQP `NOT_FOUND`): deleted, or never made.
+    QueueMissing,
+    /// The broker refused the consumer for another reason (access, an exclusive consumer).
+    Refused,
+    /// The broker ended a running consumer while the connection stayed up
+    /// (`basic.cancel`, e.g. its queue was deleted, or the channel closed).
+    Cancelled,
+}
+
+impl ConsumeFailure {
+    pub const ALL: [ConsumeFailure; 4] = [
+        ConsumeFailure::Connection,
+        ConsumeFailure::QueueMissing,
+        ConsumeFailure::Refused,
+        ConsumeFailure::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsumeFailure::Connection => "connection",
+            ConsumeFailure::QueueMissing => "queue_missing",
+            ConsumeFailure::Refused => "refused",
+            ConsumeFailure::Cancelled => "cancelled",
+        }
+    }
+}
+
 /// The result of one probe (label `result` of `bfo_alive_probes_total`).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum ProbeResult {
@@ -138,6 +173,12 @@ pub enum Outcome {
     Inflight(usize),
     /// Non-Alive messages held unacknowledged, and whether consuming stopped because of them.
     Held { count: usize, paused: bool },
+    /// The pull consumer could not start or was ended (pull dueslag only); `detail` says
+    /// what the broker said.
+    ConsumeFailed {
+        reason: ConsumeFailure,
+        detail: String,
+    },
 }
 
 /// Receives the outcomes of one dueslag.

@@ -98,7 +98,7 @@ pub async fn send(
                     }
                 }
             }
-            Err(e @ AttemptError::Unroutable) => {
+            Err(e @ (AttemptError::Unroutable | AttemptError::NoExchange(_))) => {
                 return failed(SendFailure::Unroutable, None, e.to_string(), attempt);
             }
             Err(e @ AttemptError::NoToken(_)) => {

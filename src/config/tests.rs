@@ -347,6 +347,28 @@ fn max_connection_age_defaults_to_55m_and_0s_turns_it_off() {
 }
 
 #[test]
+fn heartbeat_defaults_to_10s_and_0s_takes_the_brokers() {
+    let c = Config::parse(MINIMAL, "m.toml").unwrap();
+    assert_eq!(c.broker.as_ref().unwrap().heartbeat_secs(), Some(10));
+    let with = |hb: &str| {
+        let text = MINIMAL.replace(
+            "backend = \"sim\"\n",
+            &format!("backend = \"sim\"\nheartbeat = \"{hb}\"\n"),
+        );
+        Config::parse(&text, "m.toml")
+    };
+    assert_eq!(with("0s").unwrap().broker.unwrap().heartbeat_secs(), None);
+    assert_eq!(
+        with("2s").unwrap().broker.unwrap().heartbeat_secs(),
+        Some(2)
+    );
+    for bad in ["1500ms", "70000s"] {
+        let e = with(bad).unwrap_err().to_string();
+        assert!(e.contains("broker.heartbeat"), "{bad}: {e}");
+    }
+}
+
+#[test]
 fn broker_password_is_masked() {
     let u = BrokerUrl("amqp://user:hunter2@host:5672/BF".into());
     let shown = format!("{u:?}");

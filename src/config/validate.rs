@@ -96,6 +96,13 @@ impl Config {
                     humantime::format_duration(age)
                 ));
             }
+            let hb = broker.heartbeat;
+            if hb.subsec_nanos() != 0 || hb.as_secs() > u64::from(u16::MAX) {
+                return Err(format!(
+                    "broker.heartbeat: {} is not whole seconds up to 65535s (0s takes the broker's)",
+                    humantime::format_duration(hb)
+                ));
+            }
             if let Some(tls) = &broker.tls {
                 if tls.cert_file.is_some() != tls.key_file.is_some() {
                     return Err("broker.tls: cert_file and key_file go together".into());

@@ -10,15 +10,46 @@
 //! When the connection under the consumer is replaced (`[broker] max_connection_age`), the
 //! receiver opens a consumer on the new connection before it closes the old one, so the
 //! queue always has a consumer.
+//!
+//! **Failures** (no connection, the queue missing, a refusal, the broker cancelling the
+//! consumer) are each logged with what the broker said and counted as an
+//! [`Outcome::ConsumeFailed`] (`bfo_alive_consume_failures_total{reason}`), then retried
+//! with the reconnect backoff (0.5 s doubling to 30 s). A consumer that ran for at least
+//! [`STABLE`] and then ended is replaced at once with the backoff started over; one that
+//! ends sooner counts as a failed attempt, so a queue whose consumer the broker ends at
+//! once is retried at a falling rate, never in a loop.
 
 use std::sync::Arc;
+use std::time::Duration;
 
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Backoff;
 use crate::config::Unexpected;
+use crate::outcome::Outcome;
 use crate::probe::{DueslagProbe, Envelope, Verdict};
-use crate::transport::{Afhenter, DeliveryHandle, PullConsumer};
+use crate::transport::{Afhenter, ConsumeError, DeliveryHandle, PullConsumer};
+
+/// How long a consumer must have run for its end to be replaced at once (module doc).
+pub const STABLE: Duration = Duration::from_secs(10);
+
+/// Logs and counts one consume failure.
+fn failed(probe: &DueslagProbe, queue: &str, e: ConsumeError, retry_in: Option<Duration>) {
+    let reason = e.reason.as_str();
+    match retry_in {
+        Some(retry_in) => {
+            tracing::warn!(dueslag = %probe.spec.name, queue, reason, error = %e.detail, retry_in = ?retry_in, "cannot consume")
+        }
+        None => {
+            tracing::warn!(dueslag = %probe.spec.name, queue, reason, error = %e.detail, "consumer ended; consuming again")
+        }
+    }
+    probe.observe(Outcome::ConsumeFailed {
+        reason: e.reason,
+        detail: e.detail,
+    });
+}
 
 /// Consumes the dueslag's queue until `stop`.
 pub async fn run_pull(
@@ -45,7 +76,7 @@ pub async fn run_pull(
                         c
                     }
                     Err(e) => {
-                        tracing::warn!(dueslag = %probe.spec.name, queue, error = %e, retry_in = ?backoff.current(), "cannot consume");
+                        failed(&probe, &queue, e, Some(backoff.current()));
                         if !backoff.wait(&stop).await {
                             return;
                         }
@@ -54,8 +85,10 @@ pub async fn run_pull(
                 }
             }
         };
-        backoff.reset();
+        let opened = Instant::now();
         let mut moved = consumer.moved();
+        // Set when the consumer ended by itself (not stopped, not moved).
+        let mut ended = None;
         let mut held: Vec<Box<dyn DeliveryHandle>> = Vec::new();
         let mut paused = false;
         loop {
@@ -82,7 +115,7 @@ pub async fn run_pull(
                 d = consumer.next(), if !paused => d,
             };
             let Some(d) = delivery else {
-                tracing::warn!(dueslag = %probe.spec.name, queue, "consumer ended; reconnecting");
+                ended = Some(consumer.ended());
                 break;
             };
             match probe.on_arrival(&d.body, Envelope::Haendelsesbesked) {
@@ -118,6 +151,19 @@ pub async fn run_pull(
         drop(held);
         drop(consumer);
         probe.held(0, false);
+        if let Some(e) = ended {
+            if opened.elapsed() >= STABLE {
+                backoff.reset();
+                failed(&probe, &queue, e, None);
+            } else {
+                failed(&probe, &queue, e, Some(backoff.current()));
+                if !backoff.wait(&stop).await {
+                    return;
+                }
+            }
+        } else if ready.is_some() {
+            backoff.reset();
+        }
     }
 }
 

@@ -14,7 +14,7 @@ use tokio::time::Instant;
 
 use super::*;
 use crate::config::Mode;
-use crate::outcome::{Outcome, ProbeResult, ReceivedKind};
+use crate::outcome::{ConsumeFailure, Outcome, ProbeResult, ReceivedKind};
 use crate::testkit::{Watch, business, pick, spec};
 use crate::transport::{Delivery, PullConsumer};
 
@@ -52,12 +52,12 @@ struct ScriptedAfhenter {
 
 #[async_trait]
 impl Afhenter for ScriptedAfhenter {
-    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, String> {
+    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, ConsumeError> {
         assert_eq!(queue, "q");
         let at = Instant::now();
         if let Some(Err(e)) = self.script.lock().unwrap().pop_front() {
             let _ = self.opened.send(Opened { at, feed: None });
-            return Err(e);
+            return Err(ConsumeError::new(ConsumeFailure::QueueMissing, e));
         }
         let (feed, deliveries) = mpsc::unbounded_channel();
         let _ = self.opened.send(Opened {
@@ -319,11 +319,11 @@ async fn error_queue_mode_dead_letters_business_messages_without_acknowledging()
 }
 
 #[tokio::test(start_paused = true)]
-async fn reconnects_with_backoff_and_at_once_after_the_consumer_ends() {
+async fn reconnects_with_backoff_and_at_once_after_a_stable_consumer_ends() {
     let refused = || Err("NOT_FOUND - no queue 'q'".to_string());
     let mut r = rig(
         spec(Mode::Pull),
-        vec![refused(), refused(), Ok(()), refused(), Ok(())],
+        vec![refused(), refused(), Ok(()), refused(), Ok(()), Ok(())],
     );
     let t0 = Instant::now();
     let mut calls = vec![];
@@ -340,21 +340,48 @@ async fn reconnects_with_backoff_and_at_once_after_the_consumer_ends() {
     r.watch
         .next(|o| matches!(o, Outcome::Held { count: 1, .. }))
         .await;
+    // Virtual time (paused): the consumer has run long enough to count as stable.
+    tokio::time::sleep(STABLE).await;
     drop(feed);
     let s = r.settled.recv().await.unwrap();
     assert_eq!((s.body, s.how), (b, Settled::Released));
-    for _ in 0..2 {
-        calls.push(r.opened.recv().await.unwrap().at - t0);
-    }
+    calls.push(r.opened.recv().await.unwrap().at - t0);
+    // This consumer ends at once: a failed attempt, so the backoff goes on.
+    let o = r.opened.recv().await.unwrap();
+    let _ = o.feed.expect("consume succeeds");
+    calls.push(o.at - t0);
+    let last = r.opened.recv().await.unwrap();
+    calls.push(last.at - t0);
     let ms = |v: u64| Duration::from_millis(v);
-    // 500 ms doubling while it fails; at once when a running consumer ends, and the
-    // backoff starts over.
-    assert_eq!(calls, [ms(0), ms(500), ms(1500), ms(1500), ms(2000)]);
+    // 500 ms doubling while it fails; at once when a stable consumer ends, and the
+    // backoff starts over; after a consumer that ended at once, the next delay.
+    assert_eq!(
+        calls,
+        [ms(0), ms(500), ms(1500), ms(11_500), ms(12_000), ms(13_000)]
+    );
     let watch = r.watch.clone();
     r.stop().await;
+    drop(last);
+    let outcomes = watch.outcomes();
     assert_eq!(
-        held(&watch.outcomes()),
-        [(1, false), (0, false), (0, false)]
+        held(&outcomes),
+        [(1, false), (0, false), (0, false), (0, false)]
+    );
+    // Every failed consume and every consumer that ended counted, with its reason.
+    let failures = pick(&outcomes, |o| match o {
+        Outcome::ConsumeFailed { reason, .. } => Some(*reason),
+        _ => None,
+    });
+    use ConsumeFailure::*;
+    assert_eq!(
+        failures,
+        [
+            QueueMissing,
+            QueueMissing,
+            Connection,
+            QueueMissing,
+            Connection
+        ]
     );
 }
 

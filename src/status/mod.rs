@@ -36,7 +36,7 @@ pub struct Entry {
 
 /// Every result an entry can have: an entry keeps its index. The last one stands for
 /// any other.
-const RESULTS: [&str; 13] = [
+const RESULTS: [&str; 14] = [
     "success",
     "timeout",
     "send_error",
@@ -49,6 +49,7 @@ const RESULTS: [&str; 13] = [
     "misrouted",
     "foreign",
     "unexpected",
+    "consume_failure",
     "other",
 ];
 
@@ -333,6 +334,16 @@ impl Observer for DueslagStatus {
             Outcome::Lost { besked_id } => {
                 push(&mut b, entry(Some(besked_id), "lost", None, None, None))
             }
+            Outcome::ConsumeFailed { reason, detail } => push(
+                &mut b,
+                entry(
+                    None,
+                    "consume_failure",
+                    Some(format!("{}: {detail}", reason.as_str())),
+                    None,
+                    None,
+                ),
+            ),
             Outcome::Inflight(n) => b.inflight = n,
             Outcome::Held { count, paused } => {
                 b.held = count;

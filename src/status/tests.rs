@@ -229,7 +229,7 @@ fn kept_entries_are_compact_and_keep_what_the_page_shows() {
     let known = ProbeResult::LABELS
         .into_iter()
         .chain(ReceivedKind::ALL.map(ReceivedKind::as_str))
-        .chain(["send_failure", "lost"]);
+        .chain(["send_failure", "lost", "consume_failure"]);
     for r in known {
         let e = Entry {
             at: UNIX_EPOCH,

@@ -19,6 +19,7 @@ use bytes::Bytes;
 use uuid::Uuid;
 
 use crate::message::{InvalidReply, StandardRetur};
+use crate::outcome::ConsumeFailure;
 
 /// One Alive message to send; the same for every attempt.
 #[derive(Debug, Clone)]
@@ -43,6 +44,10 @@ pub enum AttemptError {
     Connection(String),
     #[error("the broker returned the message as unroutable")]
     Unroutable,
+    /// The broker refused the publish because the exchange does not exist (AMQP
+    /// `NOT_FOUND`): nothing can route the message, as with [`AttemptError::Unroutable`].
+    #[error("the broker has no Afsend exchange: {0}")]
+    NoExchange(String),
     #[error("no token: {0}")]
     NoToken(String),
     /// A reply came that is none of the shapes `message::parse_afsend_reply` reads. Its
@@ -66,11 +71,35 @@ pub trait Afsender: Send + Sync {
     async fn renew_token(&self) -> Result<(), String>;
 }
 
+/// Why a pull consumer could not start, or why a running one ended. `Display` is the
+/// detail: what the broker or the network said, never a message body.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{detail}")]
+pub struct ConsumeError {
+    pub reason: ConsumeFailure,
+    pub detail: String,
+}
+
+impl ConsumeError {
+    pub fn new(reason: ConsumeFailure, detail: impl Into<String>) -> Self {
+        ConsumeError {
+            reason,
+            detail: detail.into(),
+        }
+    }
+
+    /// No connection or channel (the most common cause, and the one a transport that
+    /// cannot tell reports).
+    pub fn connection(detail: impl Into<String>) -> Self {
+        ConsumeError::new(ConsumeFailure::Connection, detail)
+    }
+}
+
 /// Opens pull consumers (the Afhent service).
 #[async_trait]
 pub trait Afhenter: Send + Sync {
     /// Starts consuming the queue with manual acknowledgement.
-    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, String>;
+    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, ConsumeError>;
 }
 
 /// A running pull consumer. Dropping it returns every unacknowledged delivery to the queue.
@@ -85,6 +114,11 @@ pub trait PullConsumer: Send {
     /// awaited beside [`PullConsumer::next`]. Never resolves by default.
     fn moved(&self) -> futures::future::BoxFuture<'static, ()> {
         Box::pin(std::future::pending())
+    }
+
+    /// After [`PullConsumer::next`] returned `None`: why the consumer ended.
+    fn ended(&self) -> ConsumeError {
+        ConsumeError::connection("the consumer ended")
     }
 }
 

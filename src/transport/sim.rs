@@ -6,7 +6,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use uuid::Uuid;
 
-use super::{Afhenter, Afsender, AttemptError, Delivery, DeliveryHandle, Outgoing, PullConsumer};
+use super::{
+    Afhenter, Afsender, AttemptError, ConsumeError, Delivery, DeliveryHandle, Outgoing,
+    PullConsumer,
+};
 use crate::message::{StandardRetur, parse_afsend_reply};
 use crate::sim::queue::{SimConsumer, SimDelivery};
 use crate::sim::{AfsendAnswer, LocalSink, Simulator};
@@ -55,10 +58,10 @@ pub struct SimAfhenter {
 
 #[async_trait]
 impl Afhenter for SimAfhenter {
-    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, String> {
+    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, ConsumeError> {
         let dueslag = self.sim.dueslag_of_queue(queue).unwrap_or_default();
         if self.sim.in_outage(&dueslag) {
-            return Err("simulated outage".into());
+            return Err(ConsumeError::connection("simulated outage"));
         }
         Ok(Box::new(SimPull {
             consumer: self.sink.queue(queue).consume(self.prefetch),

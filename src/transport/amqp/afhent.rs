@@ -7,6 +7,10 @@
 //! when the link installs a newer connection, [`PullConsumer::moved`] tells the receiver to
 //! open its next consumer there before dropping this one (make before break), and the old
 //! connection is closed once no consumer or attempt holds it.
+//!
+//! Failures say why ([`ConsumeError`]): no connection, the queue missing (`NOT_FOUND`, e.g.
+//! deleted), another refusal by the broker, or a running consumer cancelled by the broker
+//! while the connection stayed up (RabbitMQ cancels the consumers of a deleted queue).
 
 use std::sync::Arc;
 
@@ -18,8 +22,27 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, Bas
 use lapin::types::FieldTable;
 use lapin::{Channel, Connection};
 
-use super::Link;
-use crate::transport::{Afhenter, Delivery, DeliveryHandle, PullConsumer};
+use super::{Link, broker_refusal};
+use crate::outcome::ConsumeFailure;
+use crate::transport::{Afhenter, ConsumeError, Delivery, DeliveryHandle, PullConsumer};
+
+/// Why a consume step on `queue` failed, from lapin's error.
+fn consume_error(queue: &str, step: &str, e: &lapin::Error) -> ConsumeError {
+    use lapin::protocol::AMQPSoftError as Soft;
+    match broker_refusal(e) {
+        Some(Soft::NOTFOUND) => ConsumeError::new(
+            ConsumeFailure::QueueMissing,
+            format!(
+                "the queue {queue} does not exist on the broker (deleted, or never declared): {e}"
+            ),
+        ),
+        Some(_) => ConsumeError::new(
+            ConsumeFailure::Refused,
+            format!("the broker refused {step} on {queue}: {e}"),
+        ),
+        None => ConsumeError::connection(format!("{step} on {queue}: {e}")),
+    }
+}
 
 /// Consumes dueslag queues over the afhent link.
 pub struct AmqpAfhenter {
@@ -34,13 +57,20 @@ impl AmqpAfhenter {
 
 #[async_trait]
 impl Afhenter for AmqpAfhenter {
-    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, String> {
-        let (conn, generation) = self.link.connection().await?;
-        let channel = conn.create_channel().await.map_err(|e| e.to_string())?;
+    async fn consume(&self, queue: &str) -> Result<Box<dyn PullConsumer>, ConsumeError> {
+        let (conn, generation) = self
+            .link
+            .connection()
+            .await
+            .map_err(ConsumeError::connection)?;
+        let channel = conn
+            .create_channel()
+            .await
+            .map_err(|e| consume_error(queue, "channel.open", &e))?;
         channel
             .basic_qos(self.link.settings.prefetch, BasicQosOptions::default())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| consume_error(queue, "basic.qos", &e))?;
         let consumer = channel
             .basic_consume(
                 queue.into(),
@@ -49,10 +79,12 @@ impl Afhenter for AmqpAfhenter {
                 FieldTable::default(),
             )
             .await
-            .map_err(|e| format!("basic.consume on {queue}: {e}"))?;
+            .map_err(|e| consume_error(queue, "basic.consume", &e))?;
         Ok(Box::new(AmqpPull {
+            queue: queue.to_string(),
             channel,
             consumer,
+            error: None,
             generation,
             generations: self.link.generations(),
             _connection: conn,
@@ -61,8 +93,11 @@ impl Afhenter for AmqpAfhenter {
 }
 
 struct AmqpPull {
+    queue: String,
     channel: Channel,
     consumer: lapin::Consumer,
+    /// The error that ended the consumer, if one did.
+    error: Option<ConsumeError>,
     /// The connection generation the consumer runs on, and the link's current one.
     generation: u64,
     generations: tokio::sync::watch::Receiver<u64>,
@@ -80,10 +115,34 @@ impl PullConsumer for AmqpPull {
                 handle: Box::new(AmqpHandle(d.acker)),
             }),
             Some(Err(e)) => {
-                tracing::warn!(error = %e, "consumer failed");
+                self.error = Some(consume_error(&self.queue, "consuming", &e));
                 None
             }
             None => None,
+        }
+    }
+
+    fn ended(&self) -> ConsumeError {
+        if let Some(e) = &self.error {
+            e.clone()
+        } else if !self._connection.status().connected() {
+            ConsumeError::connection("the connection under the consumer was lost")
+        } else if !self.channel.status().connected() {
+            ConsumeError::new(
+                ConsumeFailure::Cancelled,
+                format!(
+                    "the broker closed the channel of the consumer on {}",
+                    self.queue
+                ),
+            )
+        } else {
+            ConsumeError::new(
+                ConsumeFailure::Cancelled,
+                format!(
+                    "the broker cancelled the consumer on {} (basic.cancel: the queue was deleted?)",
+                    self.queue
+                ),
+            )
         }
     }
 
@@ -102,10 +161,7 @@ impl PullConsumer for AmqpPull {
 impl Drop for AmqpPull {
     /// Closing the channel returns every unacknowledged (held) delivery to the queue.
     fn drop(&mut self) {
-        let channel = self.channel.clone();
-        tokio::spawn(async move {
-            let _ = channel.close(200, "consumer stopped".into()).await;
-        });
+        super::close_channel_later(self.channel.clone(), "consumer stopped");
     }
 }
 

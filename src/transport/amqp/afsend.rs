@@ -7,6 +7,15 @@
 //! in the `token` header, and waits for the reply whose correlation id matches, read as
 //! `message::parse_afsend_reply` reads it. A `basic.return` is "unroutable".
 //!
+//! An attempt ends within the send timeout once it has a connection, opening its channel
+//! included: a broker that stopped answering (a half-open connection, a frozen node) costs
+//! one attempt's time, not a send that waits until the heartbeat finds the connection dead.
+//! Waiting for the link's connect is not cut short (the connect is bounded by its own
+//! timeout, and abandoning it would only start another); nor is a channel close awaited
+//! on the attempt's path.
+//! A publish the broker refuses because the exchange does not exist (`NOT_FOUND`) is
+//! `NoExchange`, counted as `unroutable`, not as a connection error: the connection is up.
+//!
 //! When the channel or connection closes while attempts wait for their reply, they end at
 //! once as a connection error (not at the send timeout), so that `send.rs` retries them on a
 //! new connection. When the link replaces its connection (`max_connection_age`), the next
@@ -27,7 +36,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use uuid::Uuid;
 
-use super::Link;
+use super::{Link, broker_refusal};
 use crate::message::{StandardRetur, parse_afsend_reply};
 use crate::protocol::Service;
 use crate::protocol::{AFSEND_EXCHANGE, AFSEND_ROUTING_KEY, DIRECT_REPLY_TO, TOKEN_HEADER};
@@ -85,12 +94,13 @@ impl AmqpAfsender {
         }
     }
 
-    async fn channel(&self, dueslag: &str) -> Result<Arc<SendChannel>, AttemptError> {
-        let (conn, generation) = self
-            .link
-            .connection()
-            .await
-            .map_err(AttemptError::Connection)?;
+    /// The dueslag's channel on `conn` (of `generation`), opened if needed.
+    async fn channel(
+        &self,
+        dueslag: &str,
+        conn: Arc<Connection>,
+        generation: u64,
+    ) -> Result<Arc<SendChannel>, AttemptError> {
         let mut channels = self.channels.lock().await;
         if channels.generation != generation {
             // A new connection: forget the old one's channels, so that it is closed as soon
@@ -163,7 +173,9 @@ impl AmqpAfsender {
             channels.by_dueslag.remove(dueslag);
         }
         drop(channels);
-        let _ = sc.channel.close(200, "reopening".into()).await;
+        // Not awaited: a broker that stopped answering would hold the attempt (and its task)
+        // until the connection is found dead.
+        super::close_channel_later(sc.channel.clone(), "reopening");
     }
 }
 
@@ -175,7 +187,17 @@ impl Afsender for AmqpAfsender {
         correlation_id: Uuid,
         timeout: Duration,
     ) -> Result<StandardRetur, AttemptError> {
-        let sc = self.channel(&msg.dueslag).await?;
+        let (conn, generation) = self
+            .link
+            .connection()
+            .await
+            .map_err(AttemptError::Connection)?;
+        let deadline = Instant::now() + timeout;
+        let sc = tokio::time::timeout_at(deadline, self.channel(&msg.dueslag, conn, generation))
+            .await
+            .map_err(|_| {
+                AttemptError::Connection("no channel to the broker within the send timeout".into())
+            })??;
         let corr = correlation_id.to_string();
         let (tx, rx) = oneshot::channel();
         {
@@ -198,7 +220,6 @@ impl Afsender for AmqpAfsender {
             .with_content_type("application/xml".into())
             .with_content_encoding("utf-8".into())
             .with_headers(headers);
-        let deadline = Instant::now() + timeout;
         let published = async {
             let confirm = sc
                 .channel
@@ -218,6 +239,9 @@ impl Afsender for AmqpAfsender {
         };
         let result = match tokio::time::timeout_at(deadline, published).await {
             Err(_) => Err(AttemptError::Timeout),
+            Ok(Err(e)) if broker_refusal(&e) == Some(lapin::protocol::AMQPSoftError::NOTFOUND) => {
+                Err(AttemptError::NoExchange(e.to_string()))
+            }
             Ok(Err(e)) => Err(AttemptError::Connection(e.to_string())),
             Ok(Ok(confirm)) if confirm.is_nack() => Err(AttemptError::Connection(
                 "the broker nacked the publish".into(),
@@ -243,6 +267,8 @@ impl Afsender for AmqpAfsender {
         match &result {
             // A missing reply: the next attempt gets a fresh channel (and reply consumer).
             Err(AttemptError::Timeout) => self.forget_channel(&msg.dueslag, &sc).await,
+            // The broker closed the channel: a new one next time.
+            Err(AttemptError::NoExchange(_)) => self.forget_channel(&msg.dueslag, &sc).await,
             Err(AttemptError::Connection(_)) => {
                 self.forget_channel(&msg.dueslag, &sc).await;
                 if !sc.channel.status().connected() {

@@ -12,7 +12,7 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, QueueDeclareOptions};
 use lapin::types::FieldTable;
 use lapin::{BasicProperties, Connection};
 
-use super::connect::{AuthChoice, connect};
+use super::connect::{AuthChoice, connect, connect_tuned};
 use crate::testkit::broker::Broker;
 use crate::tls::{self, ClientTlsFiles};
 use crate::token::{Token, TokenSlot};
@@ -97,6 +97,34 @@ async fn plain_auth_over_plain_amqp() {
         .await
         .expect("PLAIN over amqp://");
     round_trip(&conn).await;
+}
+
+#[tokio::test]
+async fn the_heartbeat_asked_for_is_negotiated_and_the_uri_wins() {
+    let Some(b) = Broker::get() else { return };
+    let url = b.var("AMQP_URL");
+    for (uri, asked, want) in [
+        (url.to_string(), Some(3), 3),
+        // RabbitMQ proposes 60 s; lapin keeps the lower.
+        (url.to_string(), None, 60),
+        (format!("{url}?heartbeat=7"), Some(3), 7),
+    ] {
+        let conn = tokio::time::timeout(
+            LIMIT,
+            connect_tuned(
+                &uri,
+                None,
+                AuthChoice::Plain,
+                lapin::ConnectionProperties::default(),
+                asked,
+            ),
+        )
+        .await
+        .unwrap()
+        .expect("connects");
+        assert_eq!(conn.configuration().heartbeat(), want, "{asked:?}");
+        conn.close(200, "bye".into()).await.expect("close");
+    }
 }
 
 #[tokio::test]

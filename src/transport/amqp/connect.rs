@@ -8,11 +8,27 @@
 //! [`TokenSlot`] that the [`crate::token::TokenManager`] keeps fresh. A reconnect after a
 //! renewal therefore sends the new token.
 //!
+//! **Bounded.** The whole connect, TCP, TLS and the AMQP handshake, ends within the URI's
+//! `connection_timeout` or [`DEFAULT_CONNECT_TIMEOUT`]: a broker that accepts TCP but never
+//! answers (a frozen node, a black hole behind a proxy) must not hold the link, which
+//! waits for the connect, forever. lapin drives each connection on its own thread, which a
+//! dropped connect future does not stop, so when the connect times out, or its caller gives
+//! up on it (drops it), the socket is shut down through a duplicate of it kept until the
+//! handshake ends ([`SocketCut`]): the thread sees the error and exits instead of lingering
+//! with the socket, and of finishing a handshake (with 8 MiB of buffers) for nobody once a
+//! frozen broker answers again.
+//!
+//! **Heartbeat.** [`connect_tuned`] asks for a heartbeat interval (`[broker] heartbeat`),
+//! unless the URI names one (`?heartbeat=N`); lapin takes the lower of ours and the
+//! broker's, and declares the connection dead after two intervals without a frame, which
+//! is how a half-open connection (a peer that vanished without closing) is noticed.
+//!
 //! Logging: lapin prints incoming frames, and outgoing ones it discards, at TRACE. Keep
 //! the `lapin` target at DEBUG or lower in production so no token reaches a log.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lapin::auth::AuthProvider;
@@ -28,8 +44,43 @@ pub const EXTERNAL: &str = "EXTERNAL";
 
 const NO_TOKEN: &str = "no token yet for SASL EXTERNAL (token source not ready)";
 
-/// TCP connect + TLS handshake limit when the URI has no `connection_timeout` (ms).
+/// Limit of a whole connect (TCP, TLS, AMQP handshake) when the URI has no
+/// `connection_timeout` (ms).
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A duplicate of a connecting socket, held until the handshake ends, so that a handshake
+/// that overran its time can be cut (module doc). Shutting a socket down through any of its
+/// descriptors ends it for every holder; the duplicate is closed when this is dropped.
+#[derive(Clone, Default)]
+struct SocketCut(Arc<Mutex<Option<OwnedFd>>>);
+
+impl SocketCut {
+    fn keep(&self, fd: Option<OwnedFd>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = fd;
+    }
+
+    /// Forgets the duplicate (the handshake ended: the connection owns its socket alone).
+    fn release(&self) {
+        self.keep(None);
+    }
+
+    /// Shuts the socket down, so the connection's thread fails and exits.
+    fn cut(&self) {
+        if let Some(fd) = self.0.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            let _ = std::net::TcpStream::from(fd).shutdown(std::net::Shutdown::Both);
+        }
+    }
+}
+
+/// Cuts the socket when dropped before the handshake ended (the connect timed out, or its
+/// future was dropped by a caller that gave up).
+struct CutUnlessDone(SocketCut);
+
+impl Drop for CutUnlessDone {
+    fn drop(&mut self) {
+        self.0.cut();
+    }
+}
 
 /// SASL EXTERNAL whose response is the current token's XML, exactly.
 #[derive(Clone, Debug)]
@@ -97,9 +148,24 @@ pub async fn connect_with_properties(
     auth: AuthChoice,
     properties: ConnectionProperties,
 ) -> lapin::Result<Connection> {
-    let uri: AMQPUri = uri
+    connect_tuned(uri, tls, auth, properties, None).await
+}
+
+/// [`connect_with_properties`] asking for a heartbeat of `heartbeat` seconds, unless the URI
+/// names one; `None` takes lapin's default (the broker's proposal).
+pub async fn connect_tuned(
+    uri: &str,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    auth: AuthChoice,
+    properties: ConnectionProperties,
+    heartbeat: Option<u16>,
+) -> lapin::Result<Connection> {
+    let mut uri: AMQPUri = uri
         .parse()
         .map_err(|e: String| other(format!("invalid AMQP URI: {e}")))?;
+    if uri.query.heartbeat.is_none() {
+        uri.query.heartbeat = heartbeat;
+    }
     let connector = match (&uri.scheme, tls) {
         (AMQPScheme::AMQP, None) => None,
         (AMQPScheme::AMQP, Some(_)) => {
@@ -132,40 +198,82 @@ pub async fn connect_with_properties(
         .map(Duration::from_millis)
         .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
     let runtime = lapin::runtime::default_runtime()?;
-    // Used for the first connection and again by lapin's reconnects.
-    Connection::connector(
+    let (host, port) = (uri.authority.host.clone(), uri.authority.port);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let cut = SocketCut::default();
+    // TCP (and TLS), for the first connection and again for any reconnect of lapin's.
+    let open = {
+        let socket = cut.clone();
+        let runtime = runtime.clone();
+        move |uri: AMQPUri| {
+            let (connector, socket, runtime) = (connector.clone(), socket.clone(), runtime.clone());
+            async move {
+                let host = uri.authority.host.clone();
+                let port = uri.authority.port;
+                let open = async {
+                    let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+                        .await?
+                        .collect();
+                    let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+                    if let AsyncTcpStream::Plain(s) = &stream {
+                        socket.keep(s.get_ref().as_fd().try_clone_to_owned().ok());
+                    }
+                    match (&uri.scheme, &connector) {
+                        (AMQPScheme::AMQPS, Some(c)) => stream.into_rustls(c, &host).await,
+                        _ => Ok(stream),
+                    }
+                };
+                match tokio::time::timeout(timeout, open).await {
+                    Ok(Ok(stream)) => Ok(stream),
+                    Ok(Err(e)) => Err(lapin::Error::from(std::io::Error::new(
+                        e.kind(),
+                        format!("connecting to {host}:{port}: {e}"),
+                    ))),
+                    Err(_) => Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("connecting to {host}:{port}: no connection within {timeout:?}"),
+                    )
+                    .into()),
+                }
+            }
+        }
+    };
+    let guard = CutUnlessDone(cut.clone());
+    // The first transport is opened here, before lapin is involved: lapin 4.12 leaves two
+    // tasks behind for every connect whose transport fails (its RPC task is never told to
+    // stop), and a refused or unreachable broker is the common failure. Handed to lapin
+    // once open.
+    let first = open(uri.clone()).await?;
+    let first = Mutex::new(Some(first));
+    let connecting = Connection::connector(
         uri,
         runtime,
-        async move |uri: AMQPUri, runtime| {
-            let host = uri.authority.host.clone();
-            let port = uri.authority.port;
-            let open = async {
-                let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
-                    .await?
-                    .collect();
-                let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
-                match (&uri.scheme, &connector) {
-                    (AMQPScheme::AMQPS, Some(c)) => stream.into_rustls(c, &host).await,
-                    _ => Ok(stream),
-                }
-            };
-            match tokio::time::timeout(timeout, open).await {
-                Ok(Ok(stream)) => Ok(stream),
-                Ok(Err(e)) => Err(std::io::Error::new(
-                    e.kind(),
-                    format!("connecting to {host}:{port}: {e}"),
-                )
-                .into()),
-                Err(_) => Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("connecting to {host}:{port}: no connection within {timeout:?}"),
-                )
-                .into()),
+        async move |uri: AMQPUri, _| {
+            let ready = first.lock().unwrap_or_else(|e| e.into_inner()).take();
+            match ready {
+                Some(stream) => Ok(stream),
+                None => open(uri).await,
             }
         },
         properties,
-    )
-    .await
+    );
+    let result = tokio::time::timeout_at(deadline, connecting).await;
+    match result {
+        Ok(r) => {
+            // Ended, well or not: the connection owns its socket; nothing to cut.
+            cut.release();
+            drop(guard);
+            r
+        }
+        Err(_) => {
+            drop(guard);
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connecting to {host}:{port}: no AMQP handshake within {timeout:?}"),
+            )
+            .into())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -310,6 +418,63 @@ mod tests {
                 .is_err()
         );
         server.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_handshake_that_never_ends_is_cut_in_time() {
+        let (listener, port) = plain_listener().await;
+        // A peer that accepts TCP and never answers, like a frozen broker.
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 64];
+            let mut read = 0;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break read,
+                    Ok(n) => read += n,
+                }
+            }
+        });
+        let started = std::time::Instant::now();
+        let e = tokio::time::timeout(
+            Duration::from_secs(10),
+            connect(
+                &format!("amqp://guest:guest@127.0.0.1:{port}/BF?connection_timeout=300"),
+                None,
+                AuthChoice::Plain,
+            ),
+        )
+        .await
+        .expect("the connect ends by itself")
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("no AMQP handshake within"), "{e}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // The socket was shut down: no connection thread lingers holding it open.
+        let read = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("the peer sees the connection end")
+            .unwrap();
+        assert_eq!(read, 8, "only the protocol header came");
+    }
+
+    #[tokio::test]
+    async fn refused_connects_leave_no_task_behind() {
+        // A port where nothing listens: every connect is refused.
+        let (listener, port) = plain_listener().await;
+        drop(listener);
+        let url = format!("amqp://guest:guest@127.0.0.1:{port}/BF");
+        let tasks = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = tasks();
+        for _ in 0..10 {
+            assert!(connect(&url, None, AuthChoice::Plain).await.is_err());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(tasks() <= before, "tasks {before} -> {}", tasks());
     }
 
     #[tokio::test]

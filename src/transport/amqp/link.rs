@@ -130,11 +130,12 @@ impl Link {
         };
         let properties = ConnectionProperties::default()
             .with_connection_name(connection_name(self.service).into());
-        sasl::connect_with_properties(
+        sasl::connect_tuned(
             &self.settings.url,
             self.settings.tls.clone(),
             auth,
             properties,
+            self.settings.heartbeat,
         )
         .await
     }
@@ -221,9 +222,7 @@ impl Link {
             // Lost and reconnected meanwhile: the fresh connection stays, this one is not
             // needed.
             Ok(c) if st.generation != generation => {
-                tokio::spawn(async move {
-                    let _ = c.close(200, "not needed".into()).await;
-                });
+                tokio::spawn(async move { super::close_in_time(&c, "not needed").await });
             }
             Ok(c) => {
                 let age = st.opened_at.elapsed();
@@ -262,7 +261,7 @@ impl Link {
         };
         for r in done {
             if r.conn.status().connected() {
-                let _ = r.conn.close(200, "replaced".into()).await;
+                super::close_in_time(&r.conn, "replaced").await;
             }
         }
     }
@@ -271,7 +270,7 @@ impl Link {
     pub async fn reset(&self) {
         let mut st = self.state.lock().await;
         if let Some(c) = st.conn.take() {
-            let _ = c.close(200, "reconnecting".into()).await;
+            super::close_in_time(&c, "reconnecting").await;
         }
         st.retry_at = None;
         self.report(LinkEvent::Down(DownReason::Reset));
@@ -325,6 +324,7 @@ mod tests {
             external: false,
             prefetch: 1,
             max_connection_age: None,
+            heartbeat: None,
             events: Arc::new(move |service, event| {
                 s.lock().unwrap().push((service, event.clone()))
             }),

@@ -31,6 +31,36 @@ pub use self::afhent::AmqpAfhenter;
 pub use self::afsend::AmqpAfsender;
 pub use self::link::{DownReason, Link, LinkEvent, LinkEvents};
 
+use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+
+/// The longest a close waits for the broker's close-ok: a broker that stopped answering
+/// must not keep a task (or the link's state) waiting until the heartbeat gives up.
+pub const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes a channel in the background, waiting at most [`CLOSE_WAIT`].
+fn close_channel_later(channel: lapin::Channel, why: &'static str) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(CLOSE_WAIT, channel.close(200, why.into())).await;
+    });
+}
+
+/// Closes a connection, waiting at most [`CLOSE_WAIT`] for the broker.
+async fn close_in_time(conn: &lapin::Connection, why: &str) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, conn.close(200, why.into())).await;
+}
+
+/// The channel-level (soft) AMQP error with which the broker refused an operation, if
+/// that is what `e` is: `NOT_FOUND` for a missing exchange or queue, `ACCESS_REFUSED`...
+fn broker_refusal(e: &lapin::Error) -> Option<AMQPSoftError> {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.kind() {
+            AMQPErrorKind::Soft(soft) => Some(soft.clone()),
+            AMQPErrorKind::Hard(_) => None,
+        },
+        _ => None,
+    }
+}
+
 /// What both links need to connect.
 #[derive(Clone)]
 pub struct Settings {
@@ -44,6 +74,9 @@ pub struct Settings {
     /// Replace a connection before it is this old (`[broker] max_connection_age`); `None`
     /// keeps it until the broker or the network ends it.
     pub max_connection_age: Option<Duration>,
+    /// The AMQP heartbeat to ask for, in seconds (`[broker] heartbeat`); `None` takes the
+    /// broker's proposal.
+    pub heartbeat: Option<u16>,
     /// Told every change of a link's state.
     pub events: LinkEvents,
 }
