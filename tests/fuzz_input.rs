@@ -25,14 +25,12 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::IntoResponse;
-use bfo_alive_exporter::message::{
-    self, AliveSpec, ParseError, ProbePayload, ReplyShape, StandardRetur,
-};
+use bfo_alive_exporter::message::{self, ParseError, ProbePayload, ReplyShape, StandardRetur};
 use bfo_alive_exporter::server::Server;
 use common::*;
 use proptest::prelude::*;
@@ -48,20 +46,38 @@ const MAX_BODY: usize = 1 << 20;
 
 // ---------------------------------------------------------------- seeds
 
-/// An Alive message of `instance`/`run` for dueslag `d`, as the exporter builds it.
+/// An Alive message as another sender might write it: prefixes of its own, whitespace
+/// between elements. `{ID}`, `{INSTANCE}`, `{RUN}` and `{DUESLAG}` are filled in.
+const ALIVE: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
+<k:Haendelsesbesked xmlns:k="urn:oio:besked:kuvert:1.0" xmlns:s="urn:oio:sagdok:3.0.0">
+  <k:BeskedId><s:UUIDIdentifikator>{ID}</s:UUIDIdentifikator></k:BeskedId>
+  <k:BeskedVersion>1.0</k:BeskedVersion>
+  <k:Beskedkuvert>
+    <k:Filtreringsdata>
+      <k:Beskedtype><s:UUIDIdentifikator>f7e84a06-c47e-42e8-a864-fb4095d7f520</s:UUIDIdentifikator></k:Beskedtype>
+      <k:BeskedAnsvarligAktoer><s:UUIDIdentifikator>cf12c051-39ce-4066-ba11-704b46fa23c4</s:UUIDIdentifikator></k:BeskedAnsvarligAktoer>
+      <k:TilladtModtager><s:URNIdentifikator>urn:oio:cvr-nr:29189846</s:URNIdentifikator></k:TilladtModtager>
+    </k:Filtreringsdata>
+    <k:Leveranceinformation>
+      <k:Dannelsestidspunkt><s:TidsstempelDatoTid>2026-12-01T12:00:00.000Z</s:TidsstempelDatoTid></k:Dannelsestidspunkt>
+    </k:Leveranceinformation>
+  </k:Beskedkuvert>
+  <k:Beskeddata>
+    <p:AliveProbe xmlns:p="urn:bfo-alive-exporter:probe:1">
+      <p:Instance>{INSTANCE}</p:Instance><p:Run>{RUN}</p:Run><p:Dueslag>{DUESLAG}</p:Dueslag>
+      <p:Sequence>7</p:Sequence><p:SentAt>2026-12-01T12:00:00.000Z</p:SentAt>
+    </p:AliveProbe>
+  </k:Beskeddata>
+</k:Haendelsesbesked>"#;
+
+/// An Alive message of `instance`/`run` for dueslag `d` ([`ALIVE`]; not the exporter's
+/// builder, so the seeds stay what they are when the builder grows).
 fn alive(instance: &str, run: Uuid, d: &str) -> String {
-    message::build_alive(&AliveSpec {
-        besked_id: Uuid::new_v4(),
-        anvendersystem: Uuid::parse_str("cf12c051-39ce-4066-ba11-704b46fa23c4").unwrap(),
-        cvr: "29189846",
-        payload: &ProbePayload {
-            instance: instance.into(),
-            run,
-            dueslag: d.into(),
-            sequence: 7,
-            sent_at: SystemTime::now(),
-        },
-    })
+    ALIVE
+        .replace("{ID}", &Uuid::new_v4().to_string())
+        .replace("{INSTANCE}", instance)
+        .replace("{RUN}", &run.to_string())
+        .replace("{DUESLAG}", d)
 }
 
 /// Valid documents of every kind the parsers read; `ours` are pushes of the running
@@ -282,8 +298,8 @@ fn nested(depth: usize, push: bool, unclosed: bool) -> Vec<u8> {
 fn huge_attribute(size: usize, push: bool) -> Vec<u8> {
     let doc = alive("test", Uuid::new_v4(), "h");
     let doc = doc.replacen(
-        "<BeskedVersion>",
-        &format!("<BeskedVersion a=\"{}\">", "x".repeat(size)),
+        "<k:BeskedVersion>",
+        &format!("<k:BeskedVersion a=\"{}\">", "x".repeat(size)),
         1,
     );
     let doc = if push {
@@ -323,7 +339,7 @@ fn entities(kind: u8, levels: u8, push: bool) -> Vec<u8> {
         }
         _ => String::new(),
     };
-    let body = body.replacen("<Beskeddata>", &format!("<Beskeddata>{reference}"), 1);
+    let body = body.replacen("<k:Beskeddata>", &format!("<k:Beskeddata>{reference}"), 1);
     let doc = format!("{dtd}{body}");
     let doc = if push && dtd.is_empty() {
         message::build_modtag_besked_input(&doc)
@@ -341,7 +357,7 @@ fn entities(kind: u8, levels: u8, push: bool) -> Vec<u8> {
 
 /// A document in another encoding: UTF-16 (with its BOM), or Latin-1 declared as such.
 fn encoded(utf16: bool, push: bool) -> Vec<u8> {
-    let doc = alive("test", Uuid::new_v4(), "h").replace("<Instance>test", "<Instance>tæst");
+    let doc = alive("test", Uuid::new_v4(), "h").replace("<p:Instance>test", "<p:Instance>tæst");
     let doc = if push {
         message::build_modtag_besked_input(&doc)
     } else {
@@ -557,6 +573,24 @@ fn parsers_never_panic_and_explain_every_refusal() {
 
 // ---------------------------------------------------------------- the push endpoint
 
+/// The exporter's configuration: the simulator, one push dueslag `h` whose own pushes go
+/// to `recorder`. `h` carries an `id` (its UUID, required of a push dueslag where dueslag
+/// are addressed by RelateretObjekt) when the configuration knows the key.
+fn push_config(recorder: &str) -> String {
+    let text = |id: &str| {
+        format!(
+            "{IDENTITY}{SIM}\n[defaults]\ninterval = \"100ms\"\ntimeout = \"1h\"\n\n\
+             [[dueslag]]\nname = \"h\"\nmode = \"push\"\n{id}\n[sim]\npush_base = \"{recorder}\"\n"
+        )
+    };
+    let with_id = text("id = \"00000000-0000-4000-8000-00000000000a\"\n");
+    if bfo_alive_exporter::config::Config::parse(&with_id, "fuzz.toml").is_ok() {
+        with_id
+    } else {
+        text("")
+    }
+}
+
 /// The exporter on the simulator with one push dueslag `h`, whose own pushes go to a
 /// recorder (so its probes stay in flight and the recorded ones are "ours" to replay).
 struct Push {
@@ -591,11 +625,7 @@ impl Push {
                     .with_state(seen.clone()),
             )
             .await;
-            let (server, file) = start(&format!(
-                "{IDENTITY}{SIM}\n[defaults]\ninterval = \"100ms\"\ntimeout = \"1h\"\n\n\
-                 [[dueslag]]\nname = \"h\"\nmode = \"push\"\n\n[sim]\npush_base = \"{recorder}\"\n"
-            ))
-            .await;
+            let (server, file) = start(&push_config(&recorder)).await;
             let ours = wait_for(Duration::from_secs(20), || async {
                 let seen = seen.lock().unwrap().clone();
                 if seen.len() >= 8 {
