@@ -324,6 +324,21 @@ impl Watched<'_> {
     }
 }
 
+impl Row {
+    /// Both connections were seen down while the fault lasted.
+    fn assert_went_down(&self) {
+        for service in ["afsend", "afhent"] {
+            assert_eq!(
+                self.lowest_up.get(service),
+                Some(&0.0),
+                "{}: {service} never seen down: {:?}",
+                self.fault,
+                self.lowest_up
+            );
+        }
+    }
+}
+
 fn report(rows: &[Row]) {
     eprintln!("\n==== broker faults ====");
     for r in rows {
@@ -392,14 +407,6 @@ fn sum(during: &BTreeMap<String, f64>, prefix: &str, needle: &str) -> f64 {
         .filter(|(k, _)| k.starts_with(prefix) && k.contains(needle))
         .map(|(_, v)| v)
         .sum()
-}
-
-async fn channel(url: &str) -> (lapin::Connection, lapin::Channel) {
-    let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
-        .await
-        .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    (conn, ch)
 }
 
 // ---------------------------------------------------------------- the node
@@ -636,7 +643,7 @@ async fn broker_faults_are_survived() {
     if wanted("exchange") {
         let row = w
             .through("afsend exchange deleted 5 s", async {
-                let (conn, ch) = channel(&url).await;
+                let (conn, ch) = open(&url).await;
                 ch.exchange_delete(AFSEND_EXCHANGE.into(), Default::default())
                     .await
                     .unwrap();
@@ -684,7 +691,7 @@ async fn broker_faults_are_survived() {
     if wanted("queue") {
         let row = w
             .through("dueslag queue deleted 8 s", async {
-                let (conn, ch) = channel(&url).await;
+                let (conn, ch) = open(&url).await;
                 ch.queue_delete("q-p".into(), Default::default())
                     .await
                     .unwrap();
@@ -758,18 +765,7 @@ async fn broker_faults_are_survived() {
             })
             .await;
         // Two heartbeats of 2 s without a frame: the connections were found dead.
-        assert_eq!(
-            row.lowest_up.get("afsend"),
-            Some(&0.0),
-            "{:?}",
-            row.lowest_up
-        );
-        assert_eq!(
-            row.lowest_up.get("afhent"),
-            Some(&0.0),
-            "{:?}",
-            row.lowest_up
-        );
+        row.assert_went_down();
         rows.push(row);
 
         let row = wx
@@ -795,7 +791,7 @@ async fn broker_faults_are_survived() {
                 node.restart().await;
             })
             .await;
-        assert_eq!(row.lowest_up.get("afsend"), Some(&0.0));
+        row.assert_went_down();
         assert!(
             sum(&row.during, "bfo_alive_send_failures_total", "connection") >= 1.0,
             "{:?}",
@@ -815,18 +811,7 @@ async fn broker_faults_are_survived() {
                 node.cont();
             })
             .await;
-        assert_eq!(
-            row.lowest_up.get("afsend"),
-            Some(&0.0),
-            "{:?}",
-            row.lowest_up
-        );
-        assert_eq!(
-            row.lowest_up.get("afhent"),
-            Some(&0.0),
-            "{:?}",
-            row.lowest_up
-        );
+        row.assert_went_down();
         rows.push(row);
     }
 

@@ -236,12 +236,12 @@ impl Tap {
     /// Listens on 127.0.0.1:0; returns the tap and its base URL.
     async fn start() -> (Arc<Tap>, String) {
         let tap = Arc::new(Tap::default());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let app = axum::Router::new()
-            .fallback(forward)
-            .with_state(tap.clone());
-        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        let url = serve(
+            axum::Router::new()
+                .fallback(forward)
+                .with_state(tap.clone()),
+        )
+        .await;
         (tap, url)
     }
 

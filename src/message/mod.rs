@@ -240,7 +240,10 @@ impl StandardRetur {
     }
 }
 
-/// Escapes text for XML element content and attribute values.
+/// Escapes text for XML element content and attribute values. A character that XML 1.0
+/// cannot carry at all, escaped or not (control characters other than tab, line feed and
+/// carriage return; U+FFFE, U+FFFF), becomes U+FFFD: a refusal's text may quote what a
+/// sender got wrong, and the answer must stay readable XML.
 pub fn escape(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for c in text.chars() {
@@ -250,6 +253,8 @@ pub fn escape(text: &str) -> String {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
+            '\t' | '\n' | '\r' => out.push(c),
+            c if c < ' ' || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
             c => out.push(c),
         }
     }

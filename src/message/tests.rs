@@ -347,3 +347,14 @@ fn push_envelopes_round_trip() {
         StandardRetur::ok()
     );
 }
+
+#[test]
+fn text_xml_cannot_carry_is_replaced_so_answers_stay_readable() {
+    let why = "malformed XML: a non-XML character '\0' found, and \u{1}\u{FFFE}\t";
+    let out = build_modtag_besked_output(&StandardRetur::error(40, why));
+    let r = parse_modtag_besked_output(out.as_bytes()).expect("readable");
+    assert_eq!(
+        r.fejlbesked_tekst.as_deref(),
+        Some("malformed XML: a non-XML character '\u{FFFD}' found, and \u{FFFD}\u{FFFD}")
+    );
+}

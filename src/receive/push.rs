@@ -24,6 +24,17 @@ fn xml(code: StatusCode, retur: StandardRetur) -> Response {
         .into_response()
 }
 
+/// `answer`, telling the client that the connection closes after it: the rest of a body
+/// over `max_body` is left unread, so the server closes the connection, and a client that
+/// reused it for its next POST would lose that one.
+fn closing(mut answer: Response) -> Response {
+    answer.headers_mut().insert(
+        header::CONNECTION,
+        axum::http::HeaderValue::from_static("close"),
+    );
+    answer
+}
+
 /// BeskedFåTilsendt: answers 20 only after the Alive message is recorded; anything else
 /// gets a non-20 StatusKode so the Beskedfordeler keeps the message.
 pub async fn handle(State(s): State<AppState>, Path(name): Path<String>, body: Body) -> Response {
@@ -32,13 +43,21 @@ pub async fn handle(State(s): State<AppState>, Path(name): Path<String>, body: B
         .get(&name)
         .filter(|r| r.probe.spec.mode == Mode::Push)
     else {
-        return xml(
+        // The body first (up to the limit): a client still sending it would otherwise see
+        // the connection close under it instead of reading the answer.
+        let read = to_bytes(body, s.max_body).await;
+        let answer = xml(
             StatusCode::NOT_FOUND,
             StandardRetur::error(
                 status::NOT_FOUND,
                 format!("no push dueslag named {name:?} here"),
             ),
         );
+        return if read.is_ok() {
+            answer
+        } else {
+            closing(answer)
+        };
     };
     // A bounded number read and parse at once; the Beskedfordeler delivers a 503 again.
     let Some(_slot) = s.push_gate.enter().await else {
@@ -66,10 +85,10 @@ pub async fn handle(State(s): State<AppState>, Path(name): Path<String>, body: B
                 besked_id: None,
                 detail: Some(why.clone()),
             });
-            return xml(
+            return closing(xml(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 StandardRetur::error(status::INVALID_INPUT, why),
-            );
+            ));
         }
     };
     match running

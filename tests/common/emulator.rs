@@ -29,7 +29,7 @@ pub async fn start_emulator(text: &str) -> CancellationToken {
 }
 
 /// A connection to the vhost of `url`, and a channel on it.
-async fn open(url: &str) -> (lapin::Connection, lapin::Channel) {
+pub async fn open(url: &str) -> (lapin::Connection, lapin::Channel) {
     let conn = lapin::Connection::connect(url, lapin::ConnectionProperties::default())
         .await
         .unwrap();

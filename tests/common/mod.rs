@@ -70,6 +70,14 @@ pub fn base(s: &Server) -> String {
     format!("http://{}", s.addr)
 }
 
+/// Serves `app` on 127.0.0.1:0 until the runtime ends; its base URL.
+pub async fn serve(app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
+
 /// GET a path of the server: status and body.
 pub async fn get(s: &Server, path: &str) -> (u16, String) {
     let r = reqwest::get(format!("{}{path}", base(s))).await.unwrap();
