@@ -11,7 +11,8 @@
 //! ends, and that tasks, threads and memory do not grow; and prints the figures
 //! (`cargo test --test broker_faults -- --nocapture`, RELIABILITY-faults.md). `BFO_FAULTS`
 //! picks faults to rerun (see [`wanted`]); `BFO_FAULTS_TRACE=1` prints the process's tasks,
-//! threads and memory every 250 ms of a fault.
+//! threads and memory every 250 ms of a fault; `BFO_FAULTS_LOG=info` (a tracing filter)
+//! prints the exporters' and the emulator's log.
 //!
 //! One test drives every fault in turn: killing or stopping the node would disturb any
 //! other test of this binary beside it (cargo runs test binaries one after another). The
@@ -615,6 +616,12 @@ fn wanted(key: &str) -> bool {
 #[tokio::test]
 async fn broker_faults_are_survived() {
     let Some(b) = Broker::get() else { return };
+    if let Ok(filter) = std::env::var("BFO_FAULTS_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let started = Instant::now();
     let url = b.vhost("faults");
     let vhost = vhost_of(&url);
