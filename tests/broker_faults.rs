@@ -9,7 +9,7 @@
 //! the probe loops never stall (`bfo_alive_last_attempt_timestamp_seconds` keeps moving),
 //! that probes succeed again within two intervals plus the reconnect backoff once the fault
 //! ends, and that tasks, threads and memory do not grow; and prints the figures
-//! (`cargo test --test broker_faults -- --nocapture`, RELIABILITY-faults.md). `BFO_FAULTS`
+//! (`cargo test --test broker_faults -- --nocapture`, RELIABILITY.md). `BFO_FAULTS`
 //! picks faults to rerun (see [`wanted`]); `BFO_FAULTS_TRACE=1` prints the process's tasks,
 //! threads and memory every 250 ms of a fault; `BFO_FAULTS_LOG=info` (a tracing filter)
 //! prints the exporters' and the emulator's log.

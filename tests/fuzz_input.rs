@@ -18,7 +18,7 @@
 //!
 //! The default case counts keep the normal suite at a few seconds. `fuzz_a_million`
 //! (ignored) runs `BFO_FUZZ_CASES` (1,000,000) cases through every parser and the push
-//! endpoint and prints the figures of RELIABILITY-faults.md:
+//! endpoint and prints the figures of RELIABILITY.md:
 //! `cargo test --release --test fuzz_input -- --ignored --nocapture fuzz_a_million`.
 
 mod common;
