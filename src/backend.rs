@@ -231,6 +231,7 @@ fn build_amqp(
         prefetch: broker.prefetch,
         max_connection_age: broker.connection_age_limit(),
         heartbeat: broker.heartbeat_secs(),
+        reconnect_max: config.shortest_interval(),
         events,
     };
     // Each used link is down until its first connect, whatever the previous backend showed;

@@ -11,7 +11,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The first reconnect delay after a success.
 pub const RECONNECT_START: Duration = Duration::from_millis(500);
-/// The longest reconnect delay: a broker back from an outage is found within this.
+/// The longest reconnect delay: a broker back from an outage is found within this, or
+/// within the probe interval when that is shorter ([`Backoff::reconnect_within`]).
 pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
 
 /// The delays of one retrying caller.
@@ -32,9 +33,22 @@ impl Backoff {
         }
     }
 
-    /// The reconnect backoff shared by the link and the pull consumers.
+    /// The reconnect backoff of the link and the pull consumers, when no probe interval
+    /// bounds it.
     pub fn reconnect() -> Self {
         Backoff::new(RECONNECT_START, RECONNECT_MAX)
+    }
+
+    /// The reconnect backoff of what a probe loop of `interval` waits for: its delay grows
+    /// to the interval at most (and never beyond [`RECONNECT_MAX`], nor under
+    /// [`RECONNECT_START`]), so a broker back from an outage is found within one interval,
+    /// and probes succeed again within two. A broker that stays down is tried once an
+    /// interval, as often as the probes would try it anyway.
+    pub fn reconnect_within(interval: Duration) -> Self {
+        Backoff::new(
+            RECONNECT_START,
+            interval.clamp(RECONNECT_START, RECONNECT_MAX),
+        )
     }
 
     /// The delay that [`Backoff::next_delay`] returns next, for a log line before the wait.
@@ -93,6 +107,24 @@ mod tests {
         assert_eq!(b.current(), ms(500));
         assert_eq!(b.next_delay(), ms(500));
         assert_eq!(b.next_delay(), ms(1000));
+    }
+
+    #[test]
+    fn the_probe_interval_caps_the_reconnect_delay() {
+        let delays = |interval| {
+            let mut b = Backoff::reconnect_within(interval);
+            (0..8).map(|_| b.next_delay()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            delays(ms(5000)),
+            [500, 1000, 2000, 4000, 5000, 5000, 5000, 5000].map(ms)
+        );
+        // Never faster than the start, never slower than the ordinary cap.
+        assert_eq!(delays(ms(100)), [500; 8].map(ms));
+        assert_eq!(delays(Duration::from_secs(300)), {
+            let mut b = Backoff::reconnect();
+            (0..8).map(|_| b.next_delay()).collect::<Vec<_>>()
+        });
     }
 
     #[test]

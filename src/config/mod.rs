@@ -688,6 +688,17 @@ impl Config {
             .collect()
     }
 
+    /// The shortest probe interval of any dueslag (`[defaults] interval` without any): the
+    /// connections reconnect at least this often while the broker is away
+    /// ([`crate::backoff::Backoff::reconnect_within`]).
+    pub fn shortest_interval(&self) -> Duration {
+        self.dueslag_specs()
+            .iter()
+            .map(|d| d.interval)
+            .min()
+            .unwrap_or(self.defaults.interval)
+    }
+
     /// What the transports are built from: when this differs on reload, the backend is
     /// rebuilt and every loop restarts on it. Everything else applies without touching the
     /// backend: `[defaults]` and `[[dueslag]]` restart only the dueslag they change,

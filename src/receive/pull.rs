@@ -58,7 +58,7 @@ pub async fn run_pull(
     stop: CancellationToken,
 ) {
     let queue = probe.spec.queue.clone().unwrap_or_default();
-    let mut backoff = Backoff::reconnect();
+    let mut backoff = Backoff::reconnect_within(probe.spec.interval);
     // A consumer already open on a newer connection: the next one to read (make before
     // break, when the link replaced its connection).
     let mut ready: Option<Box<dyn PullConsumer>> = None;

@@ -319,6 +319,27 @@ async fn error_queue_mode_dead_letters_business_messages_without_acknowledging()
 }
 
 #[tokio::test(start_paused = true)]
+async fn the_probe_interval_caps_the_reconnect_delay() {
+    let refused = || Err("NOT_FOUND - no queue 'q'".to_string());
+    let mut s = spec(Mode::Pull);
+    s.interval = Duration::from_secs(1);
+    let mut r = rig(s, vec![refused(), refused(), refused(), refused(), Ok(())]);
+    let t0 = Instant::now();
+    let mut calls = vec![];
+    loop {
+        let o = r.opened.recv().await.unwrap();
+        calls.push(o.at - t0);
+        if o.feed.is_some() {
+            break;
+        }
+    }
+    let ms = |v: u64| Duration::from_millis(v);
+    // 500 ms, then the 1 s interval: a queue back is consumed within one interval.
+    assert_eq!(calls, [ms(0), ms(500), ms(1500), ms(2500), ms(3500)]);
+    r.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn reconnects_with_backoff_and_at_once_after_a_stable_consumer_ends() {
     let refused = || Err("NOT_FOUND - no queue 'q'".to_string());
     let mut r = rig(

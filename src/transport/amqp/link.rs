@@ -102,6 +102,7 @@ pub struct Link {
 impl Link {
     /// A link that is down until its first use.
     pub fn new(service: Service, settings: Settings) -> Arc<Self> {
+        let backoff = Backoff::reconnect_within(settings.reconnect_max);
         Arc::new(Link {
             service,
             settings,
@@ -111,7 +112,7 @@ impl Link {
                 generation: 0,
                 retry_at: None,
                 rotate_at: None,
-                backoff: Backoff::reconnect(),
+                backoff,
                 retired: Vec::new(),
             }),
             generations: watch::Sender::new(0),
@@ -325,6 +326,7 @@ mod tests {
             prefetch: 1,
             max_connection_age: None,
             heartbeat: None,
+            reconnect_max: crate::backoff::RECONNECT_MAX,
             events: Arc::new(move |service, event| {
                 s.lock().unwrap().push((service, event.clone()))
             }),

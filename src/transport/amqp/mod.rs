@@ -77,6 +77,9 @@ pub struct Settings {
     /// The AMQP heartbeat to ask for, in seconds (`[broker] heartbeat`); `None` takes the
     /// broker's proposal.
     pub heartbeat: Option<u16>,
+    /// The longest wait between reconnects: the shortest probe interval when it is built
+    /// (a reload that shortens intervals keeps the old bound until the backend is rebuilt).
+    pub reconnect_max: Duration,
     /// Told every change of a link's state.
     pub events: LinkEvents,
 }
