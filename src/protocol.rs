@@ -214,6 +214,14 @@ pub mod sts {
     pub const SAML_ISSUER: &str = "Issuer";
     pub const SAML_CONDITIONS: &str = "Conditions";
     pub const SAML_NOT_ON_OR_AFTER: &str = "NotOnOrAfter";
+    /// `AttributeStatement/Attribute[@Name]/AttributeValue`: where an OIOSAML assertion
+    /// names its subject's attributes, among them the CVR it was issued for.
+    pub const SAML_ATTRIBUTE: &str = "Attribute";
+    pub const SAML_ATTRIBUTE_NAME: &str = "Name";
+    pub const SAML_ATTRIBUTE_VALUE: &str = "AttributeValue";
+    /// The OIOSAML attribute of the CVR number a token is issued for (the request's
+    /// `Anvenderkontekst.Cvr`): what the Beskedfordeler limits a connection's messages to.
+    pub const CVR_ATTRIBUTE: &str = "dk:gov:saml:attribute:CvrNumberIdentifier";
 }
 
 /// Header the Prometheus server sends with its scrape timeout.

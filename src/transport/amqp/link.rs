@@ -36,10 +36,14 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// attempt cut by this is retried on the new connection (`send.rs`).
 pub const RETIRE_LIMIT: Duration = Duration::from_secs(60);
 
-/// The `connection_name` client property of a service's connections, so that a broker
-/// operator (or a test, or the emulator) can tell them apart.
-pub fn connection_name(service: Service) -> String {
-    format!("bfo-alive-exporter {}", service.as_str())
+/// The `connection_name` client property of a service's connections, with the
+/// municipality (CVR) whose token they use, so that a broker operator (or a test, or the
+/// emulator) can tell them apart. A name only: what authorises a connection is its token.
+pub fn connection_name(service: Service, cvr: Option<&str>) -> String {
+    match cvr {
+        Some(cvr) => format!("bfo-alive-exporter {} {cvr}", service.as_str()),
+        None => format!("bfo-alive-exporter {}", service.as_str()),
+    }
 }
 
 /// A change of a link's state.
@@ -129,7 +133,7 @@ impl Link {
             _ => AuthChoice::Plain,
         };
         let properties = ConnectionProperties::default()
-            .with_connection_name(connection_name(self.service).into());
+            .with_connection_name(connection_name(self.service, self.settings.cvr.as_deref()).into());
         sasl::connect_tuned(
             &self.settings.url,
             self.settings.tls.clone(),
@@ -325,6 +329,7 @@ mod tests {
             prefetch: 1,
             max_connection_age: None,
             heartbeat: None,
+            cvr: None,
             events: Arc::new(move |service, event| {
                 s.lock().unwrap().push((service, event.clone()))
             }),

@@ -79,4 +79,6 @@ pub struct Settings {
     pub heartbeat: Option<u16>,
     /// Told every change of a link's state.
     pub events: LinkEvents,
+    /// The municipality whose token the links use; it goes into the connection name.
+    pub cvr: Option<String>,
 }
