@@ -357,6 +357,13 @@ impl EmulatorConfig {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let c: EmulatorConfig = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
+        for cvr in std::iter::once(&c.emulator.cvr).chain(&c.emulator.cvrs) {
+            if cvr.len() != 8 || !cvr.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err(format!(
+                    "emulator.cvrs: {cvr:?} is not an 8-digit CVR number"
+                )));
+            }
+        }
         if let Some(t) = &c.emulator.objekt_type {
             t.parse::<UnikId>()
                 .map_err(|e| err(format!("emulator.objekt_type: {e}")))?;

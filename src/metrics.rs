@@ -936,6 +936,45 @@ mod tests {
     }
 
     #[test]
+    fn static_labels_are_on_every_series_of_a_dueslag_and_go_with_it() {
+        let m = Metrics::new(&[1.0]);
+        let labels = [
+            ("kommune".to_string(), "aarhus".to_string()),
+            ("team".to_string(), "sag".to_string()),
+        ];
+        let _d = m.dueslag_labelled("aarhus-sag", Mode::Pull, &labels);
+        m.dueslag_started("aarhus-sag", Duration::from_secs(30), Duration::from_secs(120), SystemTime::now());
+        let text = m.render(Format::Text);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(r#"dueslag="aarhus-sag""#))
+            .collect();
+        // Every per-dueslag family: probes, round trip, send, failures, received, lost,
+        // timestamps, gauges, schedule.
+        assert!(lines.len() > 40, "{text}");
+        for l in &lines {
+            assert!(
+                l.contains(r#"dueslag="aarhus-sag",kommune="aarhus",team="sag""#),
+                "{l}"
+            );
+        }
+        m.set_token_expiry(Service::Afsend, "55133018", Some(UNIX_EPOCH + Duration::from_secs(5)));
+        m.set_connection_up(Service::Afsend, "55133018", true);
+        let text = m.render(Format::Text);
+        assert!(text.contains(
+            r#"bfo_alive_token_expiry_timestamp_seconds{service="afsend",cvr="55133018"} 5"#
+        ));
+        assert!(text.contains(r#"bfo_alive_connection_up{connection="afsend",cvr="55133018"} 1"#));
+        // Removed by name, with the labels it was created with.
+        m.remove_dueslag("aarhus-sag", Mode::Pull);
+        m.remove_connection(Service::Afsend, "55133018");
+        m.remove_token(Service::Afsend, "55133018");
+        let text = m.render(Format::Text);
+        assert!(!text.contains("aarhus"), "{text}");
+        assert!(!text.contains("55133018"), "{text}");
+    }
+
+    #[test]
     fn schedule_and_start_of_a_dueslag_go_with_it() {
         let m = Metrics::new(&[1.0]);
         let _d = m.dueslag("sag-push", Mode::Push);
