@@ -616,6 +616,13 @@ impl Metrics {
             .set(expiry.map_or(0.0, unix_seconds));
     }
 
+    /// Creates the token series of (`role`, `cvr`) at 0: no token yet, no failure.
+    pub fn token_started(&self, role: Service, cvr: &str) {
+        let l = service_label(role, cvr);
+        self.token_expiry.get_or_create(&l).set(0.0);
+        let _ = self.token_renewal_failures.get_or_create(&l);
+    }
+
     pub fn token_renewal_failed(&self, role: Service, cvr: &str) {
         self.token_renewal_failures
             .get_or_create(&service_label(role, cvr))

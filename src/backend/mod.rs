@@ -50,9 +50,11 @@ impl Built {
             Some((sim, push_base)) => {
                 // The simulator has no connections; its series say up for each municipality.
                 metrics.clear_connections();
+                metrics.clear_tokens();
                 for s in specs {
                     for role in Service::ALL {
                         metrics.set_connection_up(role, &s.cvr, true);
+                        metrics.token_started(role, &s.cvr);
                     }
                 }
                 let base = config.sim.push_base.as_deref().unwrap_or(push_base);
@@ -253,9 +255,6 @@ fn start_tokens(
 ) -> Arc<TokenManager> {
     let (m1, m2) = (metrics.clone(), metrics.clone());
     let (c1, c2): (Arc<str>, Arc<str>) = (Arc::from(cvr), Arc::from(cvr));
-    for &s in services {
-        metrics.set_token_expiry(s, cvr, None);
-    }
     let callbacks = TokenCallbacks {
         on_expiry: Arc::new(move |s, at| {
             // The manager reports every service at start; only used ones get a series.

@@ -128,6 +128,10 @@ impl Municipalities {
 
     fn open(&self, cvr: &str, services: Vec<Service>) -> Municipality {
         let stop = self.stop.child_token();
+        for &s in &services {
+            self.metrics.set_connection_up(s, cvr, false);
+            self.metrics.token_started(s, cvr);
+        }
         let tokens = match super::tokens_for(
             &self.config,
             cvr,
@@ -150,9 +154,6 @@ impl Municipalities {
             events: super::link_events(&self.metrics, &self.base.url, cvr, &stop),
             ..self.base.clone()
         };
-        for &s in &services {
-            self.metrics.set_connection_up(s, cvr, false);
-        }
         let afsend = Link::new(Service::Afsend, settings.clone());
         tokio::spawn(afsend.clone().watch(stop.clone()));
         let afhenter: Arc<dyn Afhenter> = if services.contains(&Service::Afhent) {
