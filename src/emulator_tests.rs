@@ -153,7 +153,9 @@ fn accepts_configured_beskedtyper_and_checks_the_cvr_only_of_alive() {
 
 #[test]
 fn an_alive_message_must_go_to_the_municipality_its_token_is_issued_for() {
-    let cfg = load("cvrs = [\"11111111\", \"22222222\"]\n").unwrap().emulator;
+    let cfg = load("cvrs = [\"11111111\", \"22222222\"]\n")
+        .unwrap()
+        .emulator;
     let alive = |cvr: &str| {
         crate::message::build_alive(&crate::message::AliveSpec {
             besked_id: Uuid::new_v4(),
@@ -189,12 +191,22 @@ fn an_alive_message_must_go_to_the_municipality_its_token_is_issued_for() {
     };
     // Each accepted municipality under its own token.
     for cvr in ["29189846", "11111111", "22222222"] {
-        assert_eq!(validate(&cfg, &with_token(Some(cvr)), alive(cvr).as_bytes()), Ok(()));
+        assert_eq!(
+            validate(&cfg, &with_token(Some(cvr)), alive(cvr).as_bytes()),
+            Ok(())
+        );
     }
-    assert_eq!(validate(&cfg, &with_token(None), alive("11111111").as_bytes()), Ok(()));
+    assert_eq!(
+        validate(&cfg, &with_token(None), alive("11111111").as_bytes()),
+        Ok(())
+    );
     // Another accepted municipality's message under this token: refused, naming both.
-    let r = validate(&cfg, &with_token(Some("11111111")), alive("22222222").as_bytes())
-        .unwrap_err();
+    let r = validate(
+        &cfg,
+        &with_token(Some("11111111")),
+        alive("22222222").as_bytes(),
+    )
+    .unwrap_err();
     assert_eq!(r.status_kode, 40);
     let text = r.fejlbesked_tekst.unwrap();
     assert!(
@@ -202,8 +214,17 @@ fn an_alive_message_must_go_to_the_municipality_its_token_is_issued_for() {
         "{text}"
     );
     // A municipality the emulator does not accept at all.
-    let r = validate(&cfg, &with_token(Some("33333333")), alive("33333333").as_bytes());
-    assert!(r.unwrap_err().fejlbesked_tekst.unwrap().contains("not the configured CVR"));
+    let r = validate(
+        &cfg,
+        &with_token(Some("33333333")),
+        alive("33333333").as_bytes(),
+    );
+    assert!(
+        r.unwrap_err()
+            .fejlbesked_tekst
+            .unwrap()
+            .contains("not the configured CVR")
+    );
 }
 
 #[test]

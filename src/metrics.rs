@@ -950,7 +950,12 @@ mod tests {
             ("team".to_string(), "sag".to_string()),
         ];
         let _d = m.dueslag_labelled("aarhus-sag", Mode::Pull, &labels);
-        m.dueslag_started("aarhus-sag", Duration::from_secs(30), Duration::from_secs(120), SystemTime::now());
+        m.dueslag_started(
+            "aarhus-sag",
+            Duration::from_secs(30),
+            Duration::from_secs(120),
+            SystemTime::now(),
+        );
         let text = m.render(Format::Text);
         let lines: Vec<&str> = text
             .lines()
@@ -965,7 +970,11 @@ mod tests {
                 "{l}"
             );
         }
-        m.set_token_expiry(Service::Afsend, "55133018", Some(UNIX_EPOCH + Duration::from_secs(5)));
+        m.set_token_expiry(
+            Service::Afsend,
+            "55133018",
+            Some(UNIX_EPOCH + Duration::from_secs(5)),
+        );
         m.set_connection_up(Service::Afsend, "55133018", true);
         let text = m.render(Format::Text);
         assert!(text.contains(

@@ -38,7 +38,10 @@ fn dueslag_tables(dueslag: &[(&str, &str)]) -> String {
     dueslag
         .iter()
         .map(|(name, cvr)| {
-            format!("{}cvr = \"{cvr}\"\nlabels = {{ kommune = \"k{cvr}\" }}\n", pull_dueslag(name))
+            format!(
+                "{}cvr = \"{cvr}\"\nlabels = {{ kommune = \"k{cvr}\" }}\n",
+                pull_dueslag(name)
+            )
         })
         .collect()
 }
@@ -53,20 +56,27 @@ fn exporter(url: &str, token: &str, dueslag: &[(&str, &str)]) -> String {
 
 /// The exporter's connections in `vhost`, by their `connection_name`.
 fn connection_names(b: &Broker, vhost: &str) -> Vec<String> {
-    b.ctl(&["list_connections", "--no-table-headers", "vhost", "client_properties"])
-        .lines()
-        .filter(|l| l.split('\t').next() == Some(vhost))
-        .filter_map(|l| {
-            const KEY: &str = "{\"connection_name\",\"";
-            let rest = &l[l.find(KEY)? + KEY.len()..];
-            Some(rest[..rest.find("\"}")?].to_string())
-        })
-        .filter(|n| n.starts_with("bfo-alive-exporter "))
-        .collect()
+    b.ctl(&[
+        "list_connections",
+        "--no-table-headers",
+        "vhost",
+        "client_properties",
+    ])
+    .lines()
+    .filter(|l| l.split('\t').next() == Some(vhost))
+    .filter_map(|l| {
+        const KEY: &str = "{\"connection_name\",\"";
+        let rest = &l[l.find(KEY)? + KEY.len()..];
+        Some(rest[..rest.find("\"}")?].to_string())
+    })
+    .filter(|n| n.starts_with("bfo-alive-exporter "))
+    .collect()
 }
 
 fn success(name: &str, cvr: &str) -> String {
-    format!(r#"bfo_alive_probes_total{{dueslag="{name}",kommune="k{cvr}",mode="pull",result="success"}}"#)
+    format!(
+        r#"bfo_alive_probes_total{{dueslag="{name}",kommune="k{cvr}",mode="pull",result="success"}}"#
+    )
 }
 
 async fn post_reload(s: &Server) -> u16 {
@@ -114,7 +124,10 @@ async fn several_municipalities_each_under_its_own_token_and_connections() {
     }
     let text = scrape(&s).await;
     assert_eq!(
-        value(&text, r#"bfo_alive_send_failures_total{dueslag="b1",kommune="k11111111",reason="rejected"}"#),
+        value(
+            &text,
+            r#"bfo_alive_send_failures_total{dueslag="b1",kommune="k11111111",reason="rejected"}"#
+        ),
         Some(0.0),
         "{text}"
     );
@@ -122,12 +135,19 @@ async fn several_municipalities_each_under_its_own_token_and_connections() {
     // (CVR, role), all up.
     let requests = sts.requests();
     for cvr in [A, B, C] {
-        assert_eq!(requests.get(cvr), Some(&2), "STS requests by CVR: {requests:?}");
+        assert_eq!(
+            requests.get(cvr),
+            Some(&2),
+            "STS requests by CVR: {requests:?}"
+        );
         for service in ["afsend", "afhent"] {
             let expiry = format!(
                 r#"bfo_alive_token_expiry_timestamp_seconds{{service="{service}",cvr="{cvr}"}}"#
             );
-            assert!(value(&text, &expiry).is_some_and(|v| v > 0.0), "{expiry}\n{text}");
+            assert!(
+                value(&text, &expiry).is_some_and(|v| v > 0.0),
+                "{expiry}\n{text}"
+            );
             let up = format!(r#"bfo_alive_connection_up{{connection="{service}",cvr="{cvr}"}}"#);
             assert_eq!(value(&text, &up), Some(1.0), "{up}\n{text}");
         }
@@ -170,8 +190,16 @@ async fn a_dueslag_sent_under_another_municipality_s_token_is_refused_with_the_r
     let dir = tempfile::tempdir().unwrap();
     let until = SystemTime::now() + Duration::from_secs(3600);
     // B's token file holds a token issued for A: a mix-up of files.
-    std::fs::write(dir.path().join(format!("{A}.xml")), sts_stub::assertion(A, until)).unwrap();
-    std::fs::write(dir.path().join(format!("{B}.xml")), sts_stub::assertion(A, until)).unwrap();
+    std::fs::write(
+        dir.path().join(format!("{A}.xml")),
+        sts_stub::assertion(A, until),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join(format!("{B}.xml")),
+        sts_stub::assertion(A, until),
+    )
+    .unwrap();
     let token = format!(
         "[token]\nsource = \"file\"\nfile = \"{}/{{cvr}}.xml\"\n",
         dir.path().display()

@@ -145,7 +145,11 @@ fn prints_the_dueslag_by_municipality() {
     // Each dueslag under its municipality's header.
     let at = |name: &str| r.stdout.find(&format!("dueslag {name} (")).unwrap();
     assert!(home < at("home") && at("home") < aarhus, "{}", r.stdout);
-    assert!(aarhus < at("aarhus-sag") && aarhus < at("aarhus-ydelse"), "{}", r.stdout);
+    assert!(
+        aarhus < at("aarhus-sag") && aarhus < at("aarhus-ydelse"),
+        "{}",
+        r.stdout
+    );
     let r = setup(&text, &["--output", "json"]);
     let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
     let cvrs: Vec<&str> = j["dueslag"]

@@ -303,7 +303,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .split_once('x')
                 .and_then(|(c, d)| Some((c.parse::<usize>().ok()?, d.parse::<usize>().ok()?)))
                 .ok_or_else(|| anyhow::anyhow!("--municipalities {layout:?}: not CVRSxDUESLAG"))?;
-            eprintln!("municipalities: {c} CVR × {d} dueslag every {:?}…", run.interval);
+            eprintln!(
+                "municipalities: {c} CVR × {d} dueslag every {:?}…",
+                run.interval
+            );
             match municipalities::run(&b, &run, c, d).await {
                 Ok(r) => {
                     let line = municipalities::line(&r);

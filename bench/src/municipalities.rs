@@ -109,7 +109,11 @@ fn pki(dir: &Path) -> anyhow::Result<Pki> {
         vec!["localhost".into()],
         ExtendedKeyUsagePurpose::ServerAuth,
     )?;
-    let (cli, cli_key) = leaf("bench supplier", vec![], ExtendedKeyUsagePurpose::ClientAuth)?;
+    let (cli, cli_key) = leaf(
+        "bench supplier",
+        vec![],
+        ExtendedKeyUsagePurpose::ClientAuth,
+    )?;
     Ok(Pki {
         ca: w("ca.pem", ca_cert.pem())?,
         server_cert: w("server.pem", srv)?,

@@ -42,7 +42,12 @@ impl Built {
     /// administration module, so only the simulator listens; it returns the dueslag whose
     /// simulated set-up (target, `[sim.abonnement]` or `[sim.faults]`) changed. The loops
     /// of the returned dueslag must restart.
-    pub fn set_dueslag(&self, config: &Config, specs: &[DueslagSpec], metrics: &Metrics) -> Vec<String> {
+    pub fn set_dueslag(
+        &self,
+        config: &Config,
+        specs: &[DueslagSpec],
+        metrics: &Metrics,
+    ) -> Vec<String> {
         if let Some(m) = &self.municipalities {
             return m.set(specs);
         }
@@ -226,7 +231,7 @@ pub fn tokens_for(
 /// The STS client of municipality `cvr` (validation made sure `[token]` is `sts`).
 fn sts_client(config: &Config, cvr: &str) -> Result<StsClient, String> {
     let t = config.token.as_ref().expect("a [token] table");
-            let mut files = config
+    let mut files = config
         .broker
         .as_ref()
         .map(BrokerConfig::tls_files)

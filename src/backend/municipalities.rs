@@ -55,7 +55,9 @@ impl Municipalities {
         let concurrency = config
             .token
             .as_ref()
-            .map_or(crate::config::DEFAULT_STS_CONCURRENCY, |t| t.sts_concurrency);
+            .map_or(crate::config::DEFAULT_STS_CONCURRENCY, |t| {
+                t.sts_concurrency
+            });
         Municipalities {
             base,
             config: config.clone(),
@@ -179,7 +181,10 @@ impl Municipalities {
             self.metrics.remove_connection(s, cvr);
             self.metrics.remove_token(s, cvr);
         }
-        tracing::info!(cvr, "no dueslag of this municipality runs: its connections are closed");
+        tracing::info!(
+            cvr,
+            "no dueslag of this municipality runs: its connections are closed"
+        );
     }
 }
 

@@ -38,7 +38,10 @@ fn a_dueslag_belongs_to_its_own_municipality_or_the_identity_s() {
     let specs = c.dueslag_specs();
     assert_eq!(specs[0].cvr, "29189846");
     assert_eq!(specs[0].anvendersystem, c.identity.anvendersystem);
-    assert_eq!(specs[0].labels, [("kommune".to_string(), "home".to_string())]);
+    assert_eq!(
+        specs[0].labels,
+        [("kommune".to_string(), "home".to_string())]
+    );
     assert_eq!(specs[1].cvr, "55133018");
     assert_eq!(
         specs[1].anvendersystem.to_string(),
@@ -52,7 +55,10 @@ fn a_dueslag_belongs_to_its_own_municipality_or_the_identity_s() {
     // Without dueslag, the identity's alone.
     let mut none = c.clone();
     none.dueslag.clear();
-    assert_eq!(none.municipalities().keys().collect::<Vec<_>>(), ["29189846"]);
+    assert_eq!(
+        none.municipalities().keys().collect::<Vec<_>>(),
+        ["29189846"]
+    );
     // Adding a municipality is no backend rebuild: its tokens and connections are made
     // beside the running ones.
     let mut more = c.clone();

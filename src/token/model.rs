@@ -94,8 +94,9 @@ impl Token {
                                 && n.attribute(sts::SAML_ATTRIBUTE_NAME) == Some(sts::CVR_ATTRIBUTE)
                         })
                         .and_then(|n| {
-                            n.children()
-                                .find(|v| v.has_tag_name((sts::SAML2_NS, sts::SAML_ATTRIBUTE_VALUE)))
+                            n.children().find(|v| {
+                                v.has_tag_name((sts::SAML2_NS, sts::SAML_ATTRIBUTE_VALUE))
+                            })
                         })
                         .and_then(|v| v.text())
                         .map(|t| t.trim().to_owned());

@@ -222,7 +222,10 @@ mod tests {
             .map(|i| spread(next, now, 0.1, f64::from(i) / 100.0).at)
             .collect();
         assert_eq!(ats.len(), 100);
-        assert!(ats.iter().all(|a| *a > now + 90 * S - MS && *a <= now + 100 * S));
+        assert!(
+            ats.iter()
+                .all(|a| *a > now + 90 * S - MS && *a <= now + 100 * S)
+        );
     }
 
     #[test]

@@ -132,8 +132,9 @@ impl Link {
             (Some(m), true) => AuthChoice::External(m.slot(self.service)),
             _ => AuthChoice::Plain,
         };
-        let properties = ConnectionProperties::default()
-            .with_connection_name(connection_name(self.service, self.settings.cvr.as_deref()).into());
+        let properties = ConnectionProperties::default().with_connection_name(
+            connection_name(self.service, self.settings.cvr.as_deref()).into(),
+        );
         sasl::connect_tuned(
             &self.settings.url,
             self.settings.tls.clone(),
