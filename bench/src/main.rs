@@ -110,7 +110,7 @@ pub struct Args {
     #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
     pub municipalities_window: Duration,
     /// The script that starts and stops a private RabbitMQ.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq.sh"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq.sh"))]
     pub rabbitmq_script: PathBuf,
 }
 
