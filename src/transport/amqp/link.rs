@@ -303,6 +303,16 @@ impl Link {
         self.close_retired(true).await;
     }
 
+    /// Waits up to `timeout` for this link's first token when tokens are in use (at
+    /// start-up many municipalities' tokens queue for the STS): false when there is still
+    /// none, so that nothing is sent that must be refused for want of one.
+    pub(super) async fn token_ready(&self, timeout: Duration) -> bool {
+        match &self.settings.tokens {
+            Some(m) => m.wait_for_token(self.service, timeout).await.is_some(),
+            None => true,
+        }
+    }
+
     /// The current token's XML for the `token` header, if tokens are in use.
     pub(super) fn token(&self) -> Option<String> {
         let m = self.settings.tokens.as_ref()?;
