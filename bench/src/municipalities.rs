@@ -32,8 +32,12 @@ pub struct Result {
     pub dueslag: usize,
     pub interval_s: f64,
     pub token_lifetime_s: f64,
-    /// From the exporter's start until every dueslag has a success.
+    /// From the exporter's start until every dueslag has a success (the first probe of a
+    /// dueslag goes at random within its interval, so this is about one interval).
     pub startup_all_succeeded_s: f64,
+    /// From the exporter's start until every token is held and every connection is up
+    /// (polled every 500 ms).
+    pub startup_tokens_and_connections_s: f64,
     /// STS requests during start-up (until every dueslag succeeded).
     pub sts_requests_startup: u64,
     /// STS requests per minute over the window after start-up.
@@ -56,9 +60,10 @@ pub struct Result {
 /// The one-line summary of a scenario.
 pub fn line(r: &Result) -> String {
     format!(
-        "{:>3} CVR × {:>4} dueslag: all succeeded after {:.1} s ({} STS requests), {:.1} STS req/min, {} connections, {} tokens, RSS {:.1} MB (peak {:.1}), CPU {:.1}% of a core, {:.1} successes/s, {} rejected",
+        "{:>3} CVR × {:>4} dueslag: tokens and connections after {:.1} s, all succeeded after {:.1} s ({} STS requests), {:.1} STS req/min, {} connections, {} tokens, RSS {:.1} MB (peak {:.1}), CPU {:.1}% of a core, {:.1} successes/s, {} rejected",
         r.cvrs,
         r.dueslag / r.cvrs.max(1),
+        r.startup_tokens_and_connections_s,
         r.startup_all_succeeded_s,
         r.sts_requests_startup,
         r.sts_requests_per_min,
@@ -191,9 +196,24 @@ pub async fn run(b: &Broker, r: &Run<'_>, cvrs: usize, per_cvr: usize) -> anyhow
         let t0 = Instant::now();
         let ex = Exporter::spawn(r.bin, r.dir, &name, &exp).await?;
         let dueslag = cvrs * per_cvr;
-        // Start-up: until every dueslag has succeeded once.
+        // Start-up: until every dueslag has succeeded once, and until every token and
+        // connection (2 per CVR: every dueslag is pull) is there.
+        let mut ready_at = None;
         let startup = loop {
             let (text, _) = ex.scrape().await?;
+            let held = |prefix: &str, pred: &dyn Fn(&str) -> bool| {
+                text.lines()
+                    .filter(|l| l.starts_with(prefix) && pred(l))
+                    .count()
+            };
+            if ready_at.is_none()
+                && held("bfo_alive_token_expiry_timestamp_seconds{", &|l| {
+                    !l.ends_with(" 0")
+                }) >= 2 * cvrs
+                && held("bfo_alive_connection_up{", &|l| l.ends_with(" 1")) >= 2 * cvrs
+            {
+                ready_at = Some(t0.elapsed());
+            }
             let ok = text
                 .lines()
                 .filter(|l| {
@@ -202,7 +222,7 @@ pub async fn run(b: &Broker, r: &Run<'_>, cvrs: usize, per_cvr: usize) -> anyhow
                         && !l.ends_with(" 0")
                 })
                 .count();
-            if ok >= dueslag {
+            if ok >= dueslag && ready_at.is_some() {
                 break t0.elapsed();
             }
             anyhow::ensure!(
@@ -248,6 +268,7 @@ pub async fn run(b: &Broker, r: &Run<'_>, cvrs: usize, per_cvr: usize) -> anyhow
             interval_s: r.interval.as_secs_f64(),
             token_lifetime_s: r.token_lifetime.as_secs_f64(),
             startup_all_succeeded_s: startup.as_secs_f64(),
+            startup_tokens_and_connections_s: ready_at.unwrap_or(startup).as_secs_f64(),
             sts_requests_startup: sts_startup,
             sts_requests_per_min: (sts_b - sts_a) as f64 * 60.0 / span,
             connections_up: count(&bt, "bfo_alive_connection_up{", &|l| l.ends_with(" 1")),
