@@ -59,6 +59,13 @@ fn a_dueslag_belongs_to_its_own_municipality_or_the_identity_s() {
         none.municipalities().keys().collect::<Vec<_>>(),
         ["29189846"]
     );
+    let mut on_amqp = c.clone();
+    on_amqp.broker.as_mut().unwrap().backend = BackendKind::Amqp;
+    let summary = on_amqp.resolution_summary().join("\n");
+    assert!(
+        summary.contains("municipalities: 2 (CVR), 3 tokens and 3 connections"),
+        "{summary}"
+    );
     // Adding a municipality is no backend rebuild: its tokens and connections are made
     // beside the running ones.
     let mut more = c.clone();
