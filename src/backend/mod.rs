@@ -176,23 +176,6 @@ fn build(config: &Config, metrics: &Metrics, push_base: &str) -> Result<Built, S
     }
 }
 
-/// The token manager of `config`'s `[identity]` CVR, or `None` without a token source. It
-/// fetches tokens for [`Config::services`] only.
-pub fn tokens(
-    config: &Config,
-    metrics: &Metrics,
-    stop: &CancellationToken,
-) -> Result<Option<Arc<TokenManager>>, String> {
-    tokens_for(
-        config,
-        &config.identity.cvr,
-        &config.services(),
-        metrics,
-        stop,
-        None,
-    )
-}
-
 /// The token path of `cvr`: `[token] file` with [`crate::config::CVR_PLACEHOLDER`] replaced.
 pub fn token_file(file: &std::path::Path, cvr: &str) -> std::path::PathBuf {
     let text = file.to_string_lossy();
@@ -320,8 +303,6 @@ fn build_amqp(
     {
         sts_client(config, &config.identity.cvr)?;
     }
-    metrics.clear_connections();
-    metrics.clear_tokens();
     let base = municipalities::base_settings(broker, url, tls);
     let municipalities = Municipalities::new(base, config, metrics, stop.clone());
     Ok(Built {

@@ -43,6 +43,9 @@ pub struct Municipalities {
     stop: CancellationToken,
     permits: Arc<Semaphore>,
     by_cvr: Mutex<BTreeMap<String, Municipality>>,
+    /// Until the first [`Municipalities::set`]: the series of the backend this one replaces
+    /// are still there (its links may report until it is stopped, just before that call).
+    fresh: std::sync::atomic::AtomicBool,
 }
 
 impl Municipalities {
@@ -65,6 +68,7 @@ impl Municipalities {
             stop,
             permits: Arc::new(Semaphore::new(concurrency)),
             by_cvr: Mutex::default(),
+            fresh: std::sync::atomic::AtomicBool::new(true),
         }
     }
 
@@ -77,6 +81,10 @@ impl Municipalities {
             *wanted.entry(s.cvr.as_str()).or_default() |= s.mode == Mode::Pull;
         }
         let mut by_cvr = self.by_cvr.lock().unwrap();
+        if self.fresh.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            self.metrics.clear_connections();
+            self.metrics.clear_tokens();
+        }
         let gone: Vec<String> = by_cvr
             .keys()
             .filter(|c| !wanted.contains_key(c.as_str()))
