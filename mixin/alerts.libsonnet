@@ -201,8 +201,9 @@ local lib = import 'lib.libsonnet';
               summary: 'The exporter has no connection to the Beskedfordeler.',
               description: |||
                 The {{ $labels.connection }} connection of {{ $labels.instance }} to the Beskedfordeler
-                has been down for more than %s: every dueslag of this exporter fails, and their own
-                alerts are held back while this one fires.
+                {{ with $labels.cvr }}for municipality CVR {{ . }} {{ end }}has been down for more
+                than %s: every dueslag of that municipality fails, and the dueslag alerts of this
+                exporter are held back while this one fires.
               ||| % c.connectionDown['for'],
             },
           }),
@@ -240,8 +241,9 @@ local lib = import 'lib.libsonnet';
             annotations: {
               summary: 'The exporter keeps failing to renew a Beskedfordeler token.',
               description: |||
-                {{ $labels.instance }} has failed to renew its {{ $labels.service }} token again and
-                again for more than %s ({{ $value | printf "%%.0f" }} failures in the last %s).
+                {{ $labels.instance }} has failed to renew its {{ $labels.service }} token{{ with
+                $labels.cvr }} for municipality CVR {{ . }}{{ end }} again and again for more than %s
+                ({{ $value | printf "%%.0f" }} failures in the last %s).
               ||| % [c.tokenRenewal['for'], c.tokenRenewal.window],
             },
           }),
@@ -251,7 +253,8 @@ local lib = import 'lib.libsonnet';
             annotations: {
               summary: 'A Beskedfordeler token is about to expire and has not been renewed.',
               description: |||
-                The {{ $labels.service }} token of {{ $labels.instance }} expires in
+                The {{ $labels.service }} token of {{ $labels.instance }}{{ with $labels.cvr }} for
+                municipality CVR {{ . }}{{ end }} expires in
                 {{ $value | humanizeDuration }} (negative: it has expired) and has not been renewed.
               |||,
             },

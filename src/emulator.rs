@@ -12,6 +12,17 @@
 //! Alive beskedtype and those of `[emulator] beskedtyper`, so other systems' messages can be
 //! routed too. Faults come from the same [`Faults`] as the simulator's.
 //!
+//! **Dataafgrænsning.** KOMBIT's STS issues a token for one CVR, and the Beskedfordeler
+//! lets a connection send only what that CVR may. The emulator checks the same on what it
+//! sees of the token: the `token` header of every published message (the token the
+//! connection was opened with, as the exporter sends the same one in both places). When
+//! the token names a CVR (the OIOSAML attribute [`crate::protocol::sts::CVR_ATTRIBUTE`]) and
+//! the message's TilladtModtager is not that CVR, the message is refused with StatusKode 40
+//! and a reason naming both CVRs: a test catches a message sent under the wrong
+//! municipality. RabbitMQ does not hand the SASL response to the emulator, so what a
+//! connection *consumes* is not checked against its token here; the exporter's pull
+//! dueslag count an Alive message of another municipality as misrouted.
+//!
 //! **Connection age.** The Beskedfordeler ends each client connection when the hour its
 //! connection authoriser granted is over. With `[emulator] max_connection_age` the emulator
 //! does the same to every client connection in its virtual host (its own, named
@@ -91,6 +102,11 @@ pub struct EmulatorSection {
     pub anvendersystem: Uuid,
     /// The authority whose Alive messages it accepts (TilladtModtager).
     pub cvr: String,
+    /// More authorities it accepts Alive messages of (municipalities of one supplier).
+    /// Whatever the list, a message whose token names a CVR must be addressed to that CVR
+    /// (module doc, "Dataafgrænsning").
+    #[serde(default)]
+    pub cvrs: Vec<String>,
     /// Beskedtyper it accepts besides Alive (other systems' messages, for their own
     /// receivers); any other is refused with 40.
     #[serde(default)]
@@ -341,6 +357,13 @@ impl EmulatorConfig {
         };
         let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read: {e}")))?;
         let c: EmulatorConfig = toml::from_str(&text).map_err(|e| err(e.message().to_string()))?;
+        for cvr in std::iter::once(&c.emulator.cvr).chain(&c.emulator.cvrs) {
+            if cvr.len() != 8 || !cvr.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(err(format!(
+                    "emulator.cvrs: {cvr:?} is not an 8-digit CVR number"
+                )));
+            }
+        }
         if let Some(t) = &c.emulator.objekt_type {
             t.parse::<UnikId>()
                 .map_err(|e| err(format!("emulator.objekt_type: {e}")))?;
@@ -484,6 +507,7 @@ fn validate(
         .headers()
         .as_ref()
         .and_then(|h| h.inner().get(TOKEN_HEADER).cloned());
+    let mut token_cvr = None;
     if cfg.require_token {
         let token = match header {
             Some(AMQPValue::LongString(s)) => String::from_utf8_lossy(s.as_bytes()).to_string(),
@@ -505,7 +529,7 @@ fn validate(
             Ok(t) if t.expires_at.is_some_and(|e| e <= SystemTime::now()) => {
                 return Err(StandardRetur::error(status::TOKEN_EXPIRED, "token expired"));
             }
-            Ok(_) => {}
+            Ok(t) => token_cvr = t.cvr,
         }
     }
     if props.correlation_id().is_none() {
@@ -543,11 +567,27 @@ fn validate(
     }
     // An Alive message goes to the sender's own authority (AliveBesked's rule); other
     // beskedtyper name whom they like, for abonnements to filter on.
-    let own = UnikId::Urn(format!("{CVR_URN_PREFIX}{}", cfg.cvr));
-    if m.is_alive() && !m.tilladt_modtager.contains(&own) {
+    let urn = |cvr: &str| UnikId::Urn(format!("{CVR_URN_PREFIX}{cvr}"));
+    if m.is_alive()
+        && !std::iter::once(&cfg.cvr)
+            .chain(&cfg.cvrs)
+            .any(|c| m.tilladt_modtager.contains(&urn(c)))
+    {
         return Err(StandardRetur::error(
             status::INVALID_INPUT,
             "TilladtModtager is not the configured CVR",
+        ));
+    }
+    if let Some(cvr) = token_cvr
+        && !m.tilladt_modtager.contains(&urn(&cvr))
+    {
+        let to: Vec<String> = m.tilladt_modtager.iter().map(|u| u.to_string()).collect();
+        return Err(StandardRetur::error(
+            status::INVALID_INPUT,
+            format!(
+                "dataafgrænsning: the token is issued for CVR {cvr}, and the message's TilladtModtager is {}: a connection may only send for its token's municipality",
+                to.join(", ")
+            ),
         ));
     }
     Ok(())

@@ -152,6 +152,82 @@ fn accepts_configured_beskedtyper_and_checks_the_cvr_only_of_alive() {
 }
 
 #[test]
+fn an_alive_message_must_go_to_the_municipality_its_token_is_issued_for() {
+    let cfg = load("cvrs = [\"11111111\", \"22222222\"]\n")
+        .unwrap()
+        .emulator;
+    let alive = |cvr: &str| {
+        crate::message::build_alive(&crate::message::AliveSpec {
+            besked_id: Uuid::new_v4(),
+            anvendersystem: Uuid::nil(),
+            cvr,
+            relateret_objekt: &RelateretObjekt::dueslag(
+                Uuid::from_u128(7),
+                &UnikId::Urn(DUESLAG_OBJEKT_TYPE.into()),
+            ),
+            payload: &crate::message::ProbePayload {
+                instance: "t".into(),
+                run: Uuid::new_v4(),
+                dueslag: "d".into(),
+                sequence: 1,
+                sent_at: SystemTime::now(),
+            },
+        })
+    };
+    let with_token = |cvr: Option<&str>| {
+        let until = SystemTime::now() + Duration::from_secs(600);
+        let xml = match cvr {
+            Some(c) => crate::sts_stub::assertion(c, until),
+            // A token that names no CVR: nothing to hold the message to.
+            None => crate::sts_stub::assertion("x", until)
+                .replace(crate::protocol::sts::CVR_ATTRIBUTE, "other"),
+        };
+        let mut headers = FieldTable::default();
+        headers.insert(TOKEN_HEADER.into(), AMQPValue::LongString(xml.into()));
+        BasicProperties::default()
+            .with_correlation_id("c".into())
+            .with_message_id("m".into())
+            .with_headers(headers)
+    };
+    // Each accepted municipality under its own token.
+    for cvr in ["29189846", "11111111", "22222222"] {
+        assert_eq!(
+            validate(&cfg, &with_token(Some(cvr)), alive(cvr).as_bytes()),
+            Ok(())
+        );
+    }
+    assert_eq!(
+        validate(&cfg, &with_token(None), alive("11111111").as_bytes()),
+        Ok(())
+    );
+    // Another accepted municipality's message under this token: refused, naming both.
+    let r = validate(
+        &cfg,
+        &with_token(Some("11111111")),
+        alive("22222222").as_bytes(),
+    )
+    .unwrap_err();
+    assert_eq!(r.status_kode, 40);
+    let text = r.fejlbesked_tekst.unwrap();
+    assert!(
+        text.contains("issued for CVR 11111111") && text.contains("urn:oio:cvr-nr:22222222"),
+        "{text}"
+    );
+    // A municipality the emulator does not accept at all.
+    let r = validate(
+        &cfg,
+        &with_token(Some("33333333")),
+        alive("33333333").as_bytes(),
+    );
+    assert!(
+        r.unwrap_err()
+            .fejlbesked_tekst
+            .unwrap()
+            .contains("not the configured CVR")
+    );
+}
+
+#[test]
 fn rabbitmqctl_env_values_never_print() {
     let ctl = Rabbitmqctl {
         path: None,

@@ -54,6 +54,7 @@ pub(crate) mod setup;
 pub(crate) mod shard;
 pub(crate) mod sim;
 pub(crate) mod status;
+pub mod sts_stub;
 pub(crate) mod supervisor;
 #[cfg(test)]
 mod testkit;

@@ -23,33 +23,69 @@ use crate::process::ProcessCollector;
 use crate::protocol::Service;
 use crate::web::Reason;
 
+/// The labels every series of a dueslag starts with: `dueslag`, then its static labels
+/// (`[[dueslag]] labels`, sorted by name). One shared allocation per dueslag.
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+pub struct DueslagKey {
+    pub name: Arc<str>,
+    pub labels: Arc<[(String, String)]>,
+}
+
+impl DueslagKey {
+    pub fn new(name: &str, labels: &[(String, String)]) -> Self {
+        DueslagKey {
+            name: Arc::from(name),
+            labels: Arc::from(labels),
+        }
+    }
+}
+
+impl EncodeLabelSet for DueslagKey {
+    fn encode(
+        &self,
+        encoder: &mut prometheus_client::encoding::LabelSetEncoder,
+    ) -> Result<(), fmt::Error> {
+        use prometheus_client::encoding::EncodeLabel;
+        ("dueslag", &*self.name).encode(encoder.encode_label())?;
+        for (k, v) in self.labels.iter() {
+            (k.as_str(), v.as_str()).encode(encoder.encode_label())?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DueslagLabel {
-    pub dueslag: Arc<str>,
+    #[prometheus(flatten)]
+    pub dueslag: DueslagKey,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DueslagMode {
-    pub dueslag: Arc<str>,
+    #[prometheus(flatten)]
+    pub dueslag: DueslagKey,
     pub mode: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ProbeLabels {
-    pub dueslag: Arc<str>,
+    #[prometheus(flatten)]
+    pub dueslag: DueslagKey,
     pub mode: &'static str,
     pub result: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
-    pub dueslag: Arc<str>,
+    #[prometheus(flatten)]
+    pub dueslag: DueslagKey,
     pub reason: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
-    pub dueslag: Arc<str>,
+    #[prometheus(flatten)]
+    pub dueslag: DueslagKey,
     pub mode: &'static str,
     pub kind: &'static str,
 }
@@ -62,11 +98,15 @@ pub struct BackendLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ServiceLabel {
     pub service: &'static str,
+    /// The municipality the token is issued for.
+    pub cvr: Arc<str>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ConnectionLabel {
     pub connection: &'static str,
+    /// The municipality whose token authenticates the connection.
+    pub cvr: Arc<str>,
 }
 
 /// `listener` (and `reason`) of the HTTP series, as label pairs.
@@ -173,6 +213,9 @@ pub struct Metrics {
     http_open: Family<ListenerLabel, Gauge>,
     reload_ok: Gauge,
     reload_time: Timestamp,
+    /// The label prefix each running dueslag's series were created with, by name: what
+    /// removes them again, even after a reload changed its static labels.
+    keys: Arc<std::sync::Mutex<std::collections::HashMap<String, DueslagKey>>>,
 }
 
 /// Version and revision of this build.
@@ -221,6 +264,7 @@ impl Metrics {
             http_open: Family::default(),
             reload_ok: Gauge::default(),
             reload_time: Timestamp::default(),
+            keys: Arc::default(),
         };
         reg.register("probes", "Finished probes by result.", m.probes.clone());
         reg.register_with_unit(
@@ -382,20 +426,8 @@ impl Metrics {
             "Open HTTP connections, by listener (main, push).",
             m.http_open.clone(),
         );
-        for s in Service::ALL {
-            let _ = m.token_expiry.get_or_create(&ServiceLabel {
-                service: s.as_str(),
-            });
-            let _ = m.token_renewal_failures.get_or_create(&ServiceLabel {
-                service: s.as_str(),
-            });
-            let _ = m.connection_up.get_or_create(&ConnectionLabel {
-                connection: s.as_str(),
-            });
-            let _ = m.connection_rotations.get_or_create(&ConnectionLabel {
-                connection: s.as_str(),
-            });
-        }
+        // The token and connection series appear per municipality (`cvr`) when the
+        // backend makes its tokens and connections (crate::backend).
         m.set_shard(None);
         Metrics {
             registry: Arc::new(root),
@@ -405,7 +437,22 @@ impl Metrics {
 
     /// Creates every series of a dueslag at 0 and returns its observer.
     pub fn dueslag(&self, name: &str, mode: Mode) -> DueslagMetrics {
-        let k = SeriesKeys::new(name, mode);
+        self.dueslag_labelled(name, mode, &[])
+    }
+
+    /// [`Metrics::dueslag`] with static labels on every series (`[[dueslag]] labels`).
+    pub fn dueslag_labelled(
+        &self,
+        name: &str,
+        mode: Mode,
+        labels: &[(String, String)],
+    ) -> DueslagMetrics {
+        let key = DueslagKey::new(name, labels);
+        self.keys
+            .lock()
+            .unwrap()
+            .insert(name.to_string(), key.clone());
+        let k = SeriesKeys::new(key, mode);
         DueslagMetrics {
             probes: k.probes.map(|l| self.probes.get_or_create_owned(&l)),
             roundtrip: self.roundtrip.get_or_create_owned(&k.dm),
@@ -429,7 +476,8 @@ impl Metrics {
 
     /// Removes every series of a dueslag.
     pub fn remove_dueslag(&self, name: &str, mode: Mode) {
-        let k = SeriesKeys::new(name, mode);
+        let key = self.keys.lock().unwrap().remove(name);
+        let k = SeriesKeys::new(key.unwrap_or_else(|| DueslagKey::new(name, &[])), mode);
         for l in &k.probes {
             self.probes.remove(l);
         }
@@ -471,8 +519,9 @@ impl Metrics {
         timeout: Duration,
         at: SystemTime,
     ) {
+        let key = self.keys.lock().unwrap().get(name).cloned();
         let l = DueslagLabel {
-            dueslag: Arc::from(name),
+            dueslag: key.unwrap_or_else(|| DueslagKey::new(name, &[])),
         };
         self.probe_interval
             .get_or_create(&l)
@@ -533,45 +582,64 @@ impl Metrics {
         self.backend.get_or_create(&BackendLabel { backend }).set(1);
     }
 
-    pub fn set_connection_up(&self, role: Service, up: bool) {
+    pub fn set_connection_up(&self, role: Service, cvr: &str, up: bool) {
         self.connection_up
-            .get_or_create(&ConnectionLabel {
-                connection: role.as_str(),
-            })
+            .get_or_create(&connection_label(role, cvr))
             .set(i64::from(up));
     }
 
     /// Removes the `bfo_alive_connection_up` series of a connection the backend does not
-    /// open (afhent without a pull dueslag), so that no alert waits for it to come up.
-    pub fn remove_connection(&self, role: Service) {
-        self.connection_up.remove(&ConnectionLabel {
-            connection: role.as_str(),
-        });
+    /// open (afhent without a pull dueslag, a municipality no dueslag belongs to any
+    /// more), so that no alert waits for it to come up.
+    pub fn remove_connection(&self, role: Service, cvr: &str) {
+        let l = connection_label(role, cvr);
+        self.connection_up.remove(&l);
+        self.connection_rotations.remove(&l);
+    }
+
+    /// Removes every connection series (a new backend reports its own).
+    pub fn clear_connections(&self) {
+        self.connection_up.clear();
+        self.connection_rotations.clear();
     }
 
     /// Counts a connection replaced before `max_connection_age`.
-    pub fn connection_rotated(&self, role: Service) {
+    pub fn connection_rotated(&self, role: Service, cvr: &str) {
         self.connection_rotations
-            .get_or_create(&ConnectionLabel {
-                connection: role.as_str(),
-            })
+            .get_or_create(&connection_label(role, cvr))
             .inc();
     }
 
-    pub fn set_token_expiry(&self, role: Service, expiry: Option<SystemTime>) {
+    pub fn set_token_expiry(&self, role: Service, cvr: &str, expiry: Option<SystemTime>) {
         self.token_expiry
-            .get_or_create(&ServiceLabel {
-                service: role.as_str(),
-            })
+            .get_or_create(&service_label(role, cvr))
             .set(expiry.map_or(0.0, unix_seconds));
     }
 
-    pub fn token_renewal_failed(&self, role: Service) {
+    /// Creates the token series of (`role`, `cvr`) at 0: no token yet, no failure.
+    pub fn token_started(&self, role: Service, cvr: &str) {
+        let l = service_label(role, cvr);
+        self.token_expiry.get_or_create(&l).set(0.0);
+        let _ = self.token_renewal_failures.get_or_create(&l);
+    }
+
+    pub fn token_renewal_failed(&self, role: Service, cvr: &str) {
         self.token_renewal_failures
-            .get_or_create(&ServiceLabel {
-                service: role.as_str(),
-            })
+            .get_or_create(&service_label(role, cvr))
             .inc();
+    }
+
+    /// Removes the token series of a municipality no dueslag belongs to any more.
+    pub fn remove_token(&self, role: Service, cvr: &str) {
+        let l = service_label(role, cvr);
+        self.token_expiry.remove(&l);
+        self.token_renewal_failures.remove(&l);
+    }
+
+    /// Removes every token series (a new backend reports its own).
+    pub fn clear_tokens(&self) {
+        self.token_expiry.clear();
+        self.token_renewal_failures.clear();
     }
 
     pub fn config_loaded(&self, ok: bool) {
@@ -662,6 +730,20 @@ pub fn unix_seconds(t: SystemTime) -> f64 {
         .map_or(0.0, |d| d.as_secs_f64())
 }
 
+fn connection_label(role: Service, cvr: &str) -> ConnectionLabel {
+    ConnectionLabel {
+        connection: role.as_str(),
+        cvr: Arc::from(cvr),
+    }
+}
+
+fn service_label(role: Service, cvr: &str) -> ServiceLabel {
+    ServiceLabel {
+        service: role.as_str(),
+        cvr: Arc::from(cvr),
+    }
+}
+
 /// Every label set of one dueslag, in the order of [`ProbeResult::LABELS`],
 /// [`SendFailure::ALL`] and [`ReceivedKind::ALL`].
 struct SeriesKeys {
@@ -675,11 +757,10 @@ struct SeriesKeys {
 }
 
 impl SeriesKeys {
-    fn new(name: &str, mode: Mode) -> Self {
-        // One shared name for every label set of a dueslag (10,000 dueslag: ~9 MB less
-        // than a String each).
-        let name: Arc<str> = Arc::from(name);
-        let dueslag = || name.clone();
+    fn new(key: DueslagKey, mode: Mode) -> Self {
+        // One shared name and label list for every label set of a dueslag (10,000
+        // dueslag: ~9 MB less than a String each).
+        let dueslag = || key.clone();
         SeriesKeys {
             dm: DueslagMode {
                 dueslag: dueslag(),
@@ -819,8 +900,6 @@ mod tests {
             r#"bfo_alive_received_total{dueslag="sag-pull",mode="pull",kind="out_of_order"} 0"#,
             r#"bfo_alive_received_total{dueslag="sag-pull",mode="pull",kind="misrouted"} 0"#,
             r#"bfo_alive_roundtrip_duration_seconds_count{dueslag="sag-pull",mode="pull"} 0"#,
-            r#"bfo_alive_connection_up{connection="afhent"} 0"#,
-            r#"bfo_alive_connection_rotations_total{connection="afsend"} 0"#,
             r#"bfo_alive_consume_failures_total{dueslag="sag-pull",reason="queue_missing"} 0"#,
             r#"bfo_alive_exporter_build_info{version=""#,
             "process_resident_memory_bytes ",
@@ -861,6 +940,54 @@ mod tests {
         m.remove_dueslag("sag-push", Mode::Push);
         m.remove_dueslag("sag-pull", Mode::Pull);
         assert!(!m.render(Format::Text).contains("sag-pull"));
+    }
+
+    #[test]
+    fn static_labels_are_on_every_series_of_a_dueslag_and_go_with_it() {
+        let m = Metrics::new(&[1.0]);
+        let labels = [
+            ("kommune".to_string(), "aarhus".to_string()),
+            ("team".to_string(), "sag".to_string()),
+        ];
+        let _d = m.dueslag_labelled("aarhus-sag", Mode::Pull, &labels);
+        m.dueslag_started(
+            "aarhus-sag",
+            Duration::from_secs(30),
+            Duration::from_secs(120),
+            SystemTime::now(),
+        );
+        let text = m.render(Format::Text);
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.contains(r#"dueslag="aarhus-sag""#))
+            .collect();
+        // Every per-dueslag family: probes, round trip, send, failures, received, lost,
+        // timestamps, gauges, schedule.
+        assert!(lines.len() > 40, "{text}");
+        for l in &lines {
+            assert!(
+                l.contains(r#"dueslag="aarhus-sag",kommune="aarhus",team="sag""#),
+                "{l}"
+            );
+        }
+        m.set_token_expiry(
+            Service::Afsend,
+            "55133018",
+            Some(UNIX_EPOCH + Duration::from_secs(5)),
+        );
+        m.set_connection_up(Service::Afsend, "55133018", true);
+        let text = m.render(Format::Text);
+        assert!(text.contains(
+            r#"bfo_alive_token_expiry_timestamp_seconds{service="afsend",cvr="55133018"} 5"#
+        ));
+        assert!(text.contains(r#"bfo_alive_connection_up{connection="afsend",cvr="55133018"} 1"#));
+        // Removed by name, with the labels it was created with.
+        m.remove_dueslag("aarhus-sag", Mode::Pull);
+        m.remove_connection(Service::Afsend, "55133018");
+        m.remove_token(Service::Afsend, "55133018");
+        let text = m.render(Format::Text);
+        assert!(!text.contains("aarhus"), "{text}");
+        assert!(!text.contains("55133018"), "{text}");
     }
 
     #[test]

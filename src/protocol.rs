@@ -29,6 +29,16 @@ pub const DEFAULT_SEND_TIMEOUT_SECS: u64 = 10;
 /// How long KOMBIT's connection authoriser grants an AMQP connection; the broker ends it
 /// then.
 pub const CONNECTION_LIFETIME_SECS: u64 = 3600;
+/// The largest AMQP frame the exporter asks for (the lower of this and the broker's
+/// `frame_max` is used), unless the URL names one. lapin keeps a send and a receive buffer
+/// of 32 frames per connection, zero-filled to size once the connection is tuned: at
+/// RabbitMQ's default of 128 KiB that is 8 MiB per connection, 1.6 GB for the 200
+/// connections of 100 municipalities (BENCHMARKS.md, "Many municipalities"); at 32 KiB it
+/// is 2 MiB. 32 KiB still carries a token of up to about 30 KB in a publish's `token`
+/// header (the content header frame is not split), several times a KOMBIT token; the SASL
+/// response goes before tuning and is not bounded by it.
+pub const FRAME_MAX: u32 = 32 * 1024;
+
 /// The exporter replaces a connection at this age (`[broker] max_connection_age`): five
 /// minutes under [`CONNECTION_LIFETIME_SECS`], room for attempts on the old connection to
 /// finish.
@@ -214,6 +224,14 @@ pub mod sts {
     pub const SAML_ISSUER: &str = "Issuer";
     pub const SAML_CONDITIONS: &str = "Conditions";
     pub const SAML_NOT_ON_OR_AFTER: &str = "NotOnOrAfter";
+    /// `AttributeStatement/Attribute[@Name]/AttributeValue`: where an OIOSAML assertion
+    /// names its subject's attributes, among them the CVR it was issued for.
+    pub const SAML_ATTRIBUTE: &str = "Attribute";
+    pub const SAML_ATTRIBUTE_NAME: &str = "Name";
+    pub const SAML_ATTRIBUTE_VALUE: &str = "AttributeValue";
+    /// The OIOSAML attribute of the CVR number a token is issued for (the request's
+    /// `Anvenderkontekst.Cvr`): what the Beskedfordeler limits a connection's messages to.
+    pub const CVR_ATTRIBUTE: &str = "dk:gov:saml:attribute:CvrNumberIdentifier";
 }
 
 /// Header the Prometheus server sends with its scrape timeout.

@@ -2,7 +2,9 @@
 //! configuration (task M004 of the AliveBesked integration), per dueslag: the abonnement on
 //! the Alive beskedtype with the RelateretObjekt filter that lets in only the Alive messages
 //! addressed to that dueslag (ARCHITECTURE.md §2, routing by abonnement), and for a push
-//! dueslag the endpoint to register. Text to paste from, or JSON for a pipeline.
+//! dueslag the endpoint to register. Text to paste from, or JSON for a pipeline; grouped by
+//! municipality (CVR), as each municipality's abonnements are made under its own service
+//! agreement.
 
 use serde::Serialize;
 
@@ -26,6 +28,8 @@ pub struct Setup {
 pub struct DueslagSetup {
     pub name: String,
     pub mode: &'static str,
+    /// The municipality the dueslag belongs to, whose service agreement and token it uses.
+    pub cvr: String,
     /// The dueslag's UUID.
     pub id: String,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -75,12 +79,15 @@ pub fn setup(config: &Config) -> Setup {
         .external_url
         .as_deref()
         .map(|u| u.trim_end_matches('/').to_string());
-    let dueslag = config
-        .dueslag_specs()
+    let mut specs = config.dueslag_specs();
+    // By municipality, each in the file's order.
+    specs.sort_by(|a, b| a.cvr.cmp(&b.cvr));
+    let dueslag = specs
         .into_iter()
         .map(|s| {
             let path = (s.mode == Mode::Push).then(|| format!("/push/{}", s.name));
             DueslagSetup {
+                cvr: s.cvr.clone(),
                 id: s.id.to_string(),
                 mode: s.mode.as_str(),
                 queue: s.queue.clone(),
@@ -116,7 +123,17 @@ impl Setup {
             self.dueslag.len()
         );
         let mut placeholder = false;
+        let mut cvr = None;
         for d in &self.dueslag {
+            if cvr != Some(&d.cvr) {
+                cvr = Some(&d.cvr);
+                let n = self.dueslag.iter().filter(|o| o.cvr == d.cvr).count();
+                out += &format!(
+                    "\n## municipality CVR {} ({n} dueslag): set up under its service agreement; its\n\
+                     ## messages carry TilladtModtager urn:oio:cvr-nr:{} and go under its token\n",
+                    d.cvr, d.cvr
+                );
+            }
             let r = &d.abonnement.relateret_objekt;
             out += &format!("\ndueslag {} ({})\n", d.name, d.mode);
             out += &format!("  dueslag UUID      {}\n", d.id);

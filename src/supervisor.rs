@@ -131,14 +131,12 @@ impl Supervisor {
         let ctx = Arc::new(ProbeContext {
             instance: config.instance(),
             run: self.run,
-            anvendersystem: config.identity.anvendersystem,
-            cvr: config.identity.cvr.clone(),
             objekt_type: config.objekt_type(),
         });
         let ctx_changed = self.ctx.as_ref().is_none_or(|c| **c != *ctx);
         let specs = self.specs(&config);
         let built = self.built.as_ref().expect("built above");
-        let reset = built.set_dueslag(&config, &specs);
+        let reset = built.set_dueslag(&config, &specs, &self.metrics);
         let wanted: BTreeMap<&str, &DueslagSpec> =
             specs.iter().map(|s| (s.name.as_str(), s)).collect();
         let names: Vec<String> = self.loops.keys().cloned().collect();
@@ -169,7 +167,10 @@ impl Supervisor {
             .expect("a backend is built before loops start");
         let status = Arc::new(DueslagStatus::new(&spec.name, spec.mode.as_str()));
         let observer: Arc<dyn Observer> = Arc::new(Fanout(vec![
-            Arc::new(self.metrics.dueslag(&spec.name, spec.mode)),
+            Arc::new(
+                self.metrics
+                    .dueslag_labelled(&spec.name, spec.mode, &spec.labels),
+            ),
             status.clone(),
         ]));
         // The no-success alert measures a dueslag without a success from here, not from
@@ -186,14 +187,14 @@ impl Supervisor {
         let sender = self.loops_enabled.then(|| {
             tokio::spawn(probe::run(
                 probe.clone(),
-                built.backend.afsender.clone(),
+                built.afsender(&spec.cvr),
                 stop_sending.clone(),
             ))
         });
         let receiver = (spec.mode == Mode::Pull).then(|| {
             tokio::spawn(receiver::run_pull(
                 probe.clone(),
-                built.backend.afhenter.clone(),
+                built.afhenter(&spec.cvr),
                 stop_receiving.clone(),
             ))
         });
@@ -202,7 +203,7 @@ impl Supervisor {
             Arc::new(Running {
                 probe,
                 status,
-                afsender: built.backend.afsender.clone(),
+                afsender: built.afsender(&spec.cvr),
                 last_on_demand: std::sync::Mutex::new(None),
             }),
         );

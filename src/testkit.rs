@@ -139,6 +139,9 @@ pub fn spec(mode: Mode) -> DueslagSpec {
         max_inflight: 8,
         max_held: 2,
         unexpected: Unexpected::Hold,
+        cvr: "29189846".into(),
+        anvendersystem: Uuid::nil(),
+        labels: Vec::new(),
     }
 }
 
@@ -148,8 +151,6 @@ pub fn probe(spec: DueslagSpec) -> (Arc<DueslagProbe>, Arc<Watch>) {
     let ctx = Arc::new(ProbeContext {
         instance: "test".into(),
         run: Uuid::new_v4(),
-        anvendersystem: Uuid::nil(),
-        cvr: "29189846".into(),
         objekt_type: crate::message::UnikId::Urn(crate::protocol::DUESLAG_OBJEKT_TYPE.into()),
     });
     let probe = DueslagProbe::new(spec, ctx, watch.clone() as Arc<dyn Observer>);

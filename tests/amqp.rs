@@ -115,11 +115,17 @@ async fn pull_and_push_round_trips_through_the_emulator() {
     )
     .await;
     assert_eq!(
-        value(&text, r#"bfo_alive_connection_up{connection="afsend"}"#),
+        value(
+            &text,
+            r#"bfo_alive_connection_up{connection="afsend",cvr="29189846"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(
-        value(&text, r#"bfo_alive_connection_up{connection="afhent"}"#),
+        value(
+            &text,
+            r#"bfo_alive_connection_up{connection="afhent",cvr="29189846"}"#
+        ),
         Some(1.0)
     );
     wait_metric(
@@ -181,7 +187,7 @@ async fn token_expiry_41_then_renewed_token_succeeds() {
     assert_eq!(
         value(
             &text,
-            r#"bfo_alive_token_expiry_timestamp_seconds{service="afsend"}"#
+            r#"bfo_alive_token_expiry_timestamp_seconds{service="afsend",cvr="29189846"}"#
         ),
         Some(1577836800.0)
     );
@@ -196,7 +202,7 @@ async fn token_expiry_41_then_renewed_token_succeeds() {
     assert_eq!(
         value(
             &text,
-            r#"bfo_alive_token_expiry_timestamp_seconds{service="afsend"}"#
+            r#"bfo_alive_token_expiry_timestamp_seconds{service="afsend",cvr="29189846"}"#
         ),
         Some(4070908800.0)
     );
@@ -229,11 +235,17 @@ async fn rejection_codes_are_counted_with_the_code() {
     );
     // Push only: the afhent connection is never opened, so it has no series to alert on.
     assert_eq!(
-        value(&text, r#"bfo_alive_connection_up{connection="afsend"}"#),
+        value(
+            &text,
+            r#"bfo_alive_connection_up{connection="afsend",cvr="29189846"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(
-        value(&text, r#"bfo_alive_connection_up{connection="afhent"}"#),
+        value(
+            &text,
+            r#"bfo_alive_connection_up{connection="afhent",cvr="29189846"}"#
+        ),
         None
     );
     let page = get(&s, "/dueslag/h").await.1;
@@ -334,7 +346,10 @@ async fn closed_connections_are_survived_and_counted() {
     )
     .await;
     assert_eq!(
-        value(&text, r#"bfo_alive_connection_up{connection="afsend"}"#),
+        value(
+            &text,
+            r#"bfo_alive_connection_up{connection="afsend",cvr="29189846"}"#
+        ),
         Some(1.0)
     );
     let failures: f64 = ["p", "h"]
@@ -441,7 +456,10 @@ async fn mutual_tls_to_the_broker() {
     )
     .await;
     assert_eq!(
-        value(&text, r#"bfo_alive_connection_up{connection="afsend"}"#),
+        value(
+            &text,
+            r#"bfo_alive_connection_up{connection="afsend",cvr="29189846"}"#
+        ),
         Some(0.0)
     );
     s.stop().await;

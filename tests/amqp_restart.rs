@@ -70,7 +70,10 @@ require_token = false
     );
     wait_for(Duration::from_secs(10), || async {
         let t = scrape(&s).await;
-        match value(&t, r#"bfo_alive_connection_up{connection="afhent"}"#) {
+        match value(
+            &t,
+            r#"bfo_alive_connection_up{connection="afhent",cvr="29189846"}"#,
+        ) {
             Some(0.0) => Ok(()),
             v => Err(format!("afhent up = {v:?}")),
         }
@@ -113,11 +116,17 @@ require_token = false
     }
     let text = scrape(&s).await;
     assert_eq!(
-        value(&text, r#"bfo_alive_connection_up{connection="afsend"}"#),
+        value(
+            &text,
+            r#"bfo_alive_connection_up{connection="afsend",cvr="29189846"}"#
+        ),
         Some(1.0)
     );
     assert_eq!(
-        value(&text, r#"bfo_alive_connection_up{connection="afhent"}"#),
+        value(
+            &text,
+            r#"bfo_alive_connection_up{connection="afhent",cvr="29189846"}"#
+        ),
         Some(1.0)
     );
     s.stop().await;

@@ -87,7 +87,7 @@ fn attempt_series(d: &str) -> String {
 }
 
 fn up_series(service: &str) -> String {
-    format!(r#"bfo_alive_connection_up{{connection="{service}"}}"#)
+    format!(r#"bfo_alive_connection_up{{connection="{service}",cvr="29189846"}}"#)
 }
 
 /// Every counter series that says something failed or arrived oddly, with its value.

@@ -40,6 +40,7 @@ fn examples_parse() {
         "examples/full.toml",
         "examples/sim-faults.toml",
         "examples/demo.toml",
+        "examples/municipalities.toml",
     ] {
         Config::load(Path::new(f)).unwrap_or_else(|e| panic!("{e}"));
     }

@@ -289,7 +289,7 @@ async fn max_connection_age_replaces_connections_without_a_failed_probe() {
         let rotations = |t: &str, service: &str| {
             value(
                 t,
-                &format!(r#"bfo_alive_connection_rotations_total{{connection="{service}"}}"#),
+                &format!(r#"bfo_alive_connection_rotations_total{{connection="{service}",cvr="29189846"}}"#),
             )
             .unwrap()
         };
@@ -322,7 +322,7 @@ async fn max_connection_age_replaces_connections_without_a_failed_probe() {
             assert_eq!(
                 value(
                     &text,
-                    &format!(r#"bfo_alive_connection_up{{connection="{service}"}}"#)
+                    &format!(r#"bfo_alive_connection_up{{connection="{service}",cvr="29189846"}}"#)
                 ),
                 Some(1.0)
             );

@@ -158,7 +158,7 @@ async fn demo_runs_and_prints_where_to_look() {
         let t = fetch(&url).await?;
         match value(
             &t,
-            r#"bfo_alive_probes_total{dueslag="sag-pull",mode="pull",result="success"}"#,
+            r#"bfo_alive_probes_total{dueslag="sag-pull",kommune="koebenhavn",mode="pull",result="success"}"#,
         ) {
             Some(v) if v >= 1.0 => Ok(t),
             v => Err(format!("{v:?}")),

@@ -123,3 +123,40 @@ fn configuration_errors_exit_2() {
         r.stderr
     );
 }
+
+#[test]
+fn prints_the_dueslag_by_municipality() {
+    let text = format!(
+        "{IDENTITY}{SIM}\n{}cvr = \"55133018\"\n{}{}cvr = \"55133018\"\n",
+        push_dueslag("aarhus-sag"),
+        push_dueslag("home"),
+        pull_dueslag("aarhus-ydelse"),
+    );
+    let r = setup(&text, &[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let home = r
+        .stdout
+        .find("## municipality CVR 29189846 (1 dueslag)")
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    let aarhus = r
+        .stdout
+        .find("## municipality CVR 55133018 (2 dueslag)")
+        .unwrap_or_else(|| panic!("{}", r.stdout));
+    // Each dueslag under its municipality's header.
+    let at = |name: &str| r.stdout.find(&format!("dueslag {name} (")).unwrap();
+    assert!(home < at("home") && at("home") < aarhus, "{}", r.stdout);
+    assert!(
+        aarhus < at("aarhus-sag") && aarhus < at("aarhus-ydelse"),
+        "{}",
+        r.stdout
+    );
+    let r = setup(&text, &["--output", "json"]);
+    let j: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let cvrs: Vec<&str> = j["dueslag"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["cvr"].as_str().unwrap())
+        .collect();
+    assert_eq!(cvrs, ["29189846", "55133018", "55133018"]);
+}

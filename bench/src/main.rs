@@ -10,11 +10,15 @@
 //! - slow clients (`--only slow`, not in the default set): N connections sending a byte a
 //!   second to the push endpoint, cut by the exporter's limits ([`slow`], RELIABILITY.md).
 //!
+//! - many municipalities (`--only municipalities`, not in the default set): 100 CVRs × 20
+//!   dueslag and 1 CVR × 2,000 dueslag on RabbitMQ with a local STS ([`municipalities`]).
+//!
 //! It prints a table, and writes `report.txt` and `report.json` (plus every generated
 //! configuration and exporter log) to `--out`. It reports; it asserts nothing.
 
 mod broker;
 mod child;
+mod municipalities;
 mod report;
 mod scale;
 mod slow;
@@ -92,8 +96,21 @@ pub struct Args {
     /// How long a slow client keeps going before it gives up (bounds the run).
     #[arg(long, default_value = "90s", value_parser = humantime::parse_duration)]
     pub slow_hold: Duration,
+    /// The municipality layouts of `--only municipalities`, as CVRsxDUESLAG_PER_CVR.
+    #[arg(long, value_delimiter = ',', default_value = "100x20,1x2000")]
+    pub municipalities: Vec<String>,
+    /// Probe interval of the municipalities scenario.
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub municipalities_interval: Duration,
+    /// Lifetime of the STS stub's tokens in the municipalities scenario (short, so that the
+    /// window sees renewals; KOMBIT's last hours).
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub token_lifetime: Duration,
+    /// Window after start-up of each municipalities layout.
+    #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
+    pub municipalities_window: Duration,
     /// The script that starts and stops a private RabbitMQ.
-    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/rabbitmq.sh"))]
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq.sh"))]
     pub rabbitmq_script: PathBuf,
 }
 
@@ -262,6 +279,60 @@ async fn run(args: Args) -> anyhow::Result<()> {
             )
             .await?,
         );
+    }
+    if wants("municipalities") {
+        let b = match &args.amqp_env {
+            Some(env) => broker::Broker::existing(env)?,
+            None => {
+                eprintln!("municipalities: starting a private RabbitMQ…");
+                broker::Broker::start(&args.rabbitmq_script, &dir.join("rabbitmq"))?
+            }
+        };
+        let run = municipalities::Run {
+            bin: &bin,
+            dir: &dir,
+            interval: args.municipalities_interval,
+            token_lifetime: args.token_lifetime,
+            window: args.municipalities_window,
+            startup_limit: Duration::from_secs(300),
+        };
+        let mut lines = vec![];
+        let mut results = vec![];
+        for layout in &args.municipalities {
+            let (c, d) = layout
+                .split_once('x')
+                .and_then(|(c, d)| Some((c.parse::<usize>().ok()?, d.parse::<usize>().ok()?)))
+                .ok_or_else(|| anyhow::anyhow!("--municipalities {layout:?}: not CVRSxDUESLAG"))?;
+            eprintln!(
+                "municipalities: {c} CVR × {d} dueslag every {:?}…",
+                run.interval
+            );
+            match municipalities::run(&b, &run, c, d).await {
+                Ok(r) => {
+                    let line = municipalities::line(&r);
+                    eprintln!("  {line}");
+                    lines.push(line);
+                    results.push(r);
+                }
+                Err(e) => {
+                    let line = format!("{c} CVR × {d} dueslag: failed: {e:#}");
+                    eprintln!("  {line}");
+                    lines.push(line);
+                }
+            }
+        }
+        if args.amqp_env.is_none() {
+            b.stop();
+        }
+        std::fs::write(dir.join("municipalities.txt"), lines.join("\n") + "\n")?;
+        std::fs::write(
+            dir.join("municipalities.json"),
+            serde_json::to_string_pretty(&results)?,
+        )?;
+        if args.only.iter().all(|o| o == "municipalities") {
+            println!("{}", lines.join("\n"));
+            return Ok(());
+        }
     }
     let mut slow_lines = vec![];
     if wants("slow") {

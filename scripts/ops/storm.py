@@ -96,11 +96,11 @@ class Model:
             metric("bfo_alive_shards", "gauge", "Shards.", [({}, 1)])
             metric("bfo_alive_config_last_reload_successful", "gauge", "Reload.", [({}, 1)])
             metric("bfo_alive_connection_up", "gauge", "Connection.",
-                   [({"connection": c}, 0 if down else 1) for c in ("afsend", "afhent")])
+                   [({"connection": c, "cvr": "29189846"}, 0 if down else 1) for c in ("afsend", "afhent")])
             metric("bfo_alive_token_expiry_timestamp_seconds", "gauge", "Token.",
-                   [({"service": c}, start + 86400) for c in ("afsend", "afhent")])
+                   [({"service": c, "cvr": "29189846"}, start + 86400) for c in ("afsend", "afhent")])
             metric("bfo_alive_token_renewal_failures_total", "counter", "Renewals.",
-                   [({"service": c}, 0) for c in ("afsend", "afhent")])
+                   [({"service": c, "cvr": "29189846"}, 0) for c in ("afsend", "afhent")])
             metric("bfo_alive_certificate_expiry_timestamp_seconds", "gauge", "Certificates.",
                    [({"use": u}, start + 365 * 86400) for u in ("broker", "sts")])
             metric("bfo_alive_probe_interval_seconds", "gauge", "Interval.",

@@ -245,11 +245,33 @@ pub struct TokenConfig {
     /// Renew when this share of the token's lifetime has passed.
     #[serde(default = "default_renew_at")]
     pub renew_at: f64,
+    /// Each renewal comes up to this share earlier than `renew_at` says, at random, so that
+    /// the tokens of many municipalities fetched together are not renewed together.
+    #[serde(default = "default_renew_jitter")]
+    pub renew_jitter: f64,
+    /// STS requests in flight at once, over every municipality and service: at start-up
+    /// and on renewals the others wait (no herd of 200 requests in one second).
+    #[serde(default = "default_sts_concurrency")]
+    pub sts_concurrency: usize,
 }
 
 fn default_renew_at() -> f64 {
     0.8
 }
+
+fn default_renew_jitter() -> f64 {
+    0.1
+}
+
+/// `[token] sts_concurrency` by default.
+pub const DEFAULT_STS_CONCURRENCY: usize = 4;
+
+fn default_sts_concurrency() -> usize {
+    DEFAULT_STS_CONCURRENCY
+}
+
+/// The placeholder of `[token] file` that each municipality's CVR replaces.
+pub const CVR_PLACEHOLDER: &str = "{cvr}";
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -424,6 +446,17 @@ pub struct DueslagConfig {
     #[serde(with = "humantime_serde", default)]
     pub timeout: Option<Duration>,
     pub unexpected: Option<Unexpected>,
+    /// The municipality (authority) this dueslag belongs to, 8 digits: its Alive messages
+    /// carry it (TilladtModtager, ObjektAnsvarligMyndighed) and are sent with a token and
+    /// connections of this CVR. Default `[identity] cvr`.
+    pub cvr: Option<String>,
+    /// The sending anvendersystem (BeskedAnsvarligAktoer), where it differs from
+    /// `[identity] anvendersystem`.
+    pub anvendersystem: Option<Uuid>,
+    /// Static labels added to every series of this dueslag (e.g. `kommune`, `team`); the
+    /// same keys on every dueslag.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -562,6 +595,12 @@ pub struct DueslagSpec {
     pub max_inflight: usize,
     pub max_held: usize,
     pub unexpected: Unexpected,
+    /// The municipality: `cvr`, else `[identity] cvr`.
+    pub cvr: String,
+    /// `anvendersystem`, else `[identity] anvendersystem`.
+    pub anvendersystem: Uuid,
+    /// The static labels, sorted by name.
+    pub labels: Vec<(String, String)>,
 }
 
 impl DueslagConfig {
@@ -684,6 +723,40 @@ impl Config {
                 max_inflight: d.max_inflight,
                 max_held: d.max_held,
                 unexpected: ds.unexpected.unwrap_or_default(),
+                cvr: self.cvr_of(ds).to_string(),
+                anvendersystem: ds.anvendersystem.unwrap_or(self.identity.anvendersystem),
+                labels: ds
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The CVR a dueslag belongs to: its own `cvr`, else `[identity] cvr`.
+    pub fn cvr_of<'a>(&'a self, ds: &'a DueslagConfig) -> &'a str {
+        ds.cvr.as_deref().unwrap_or(&self.identity.cvr)
+    }
+
+    /// The municipalities (CVRs) the dueslag belong to, each with the services it needs:
+    /// afsend always, afhent when one of its dueslag is pull. `[identity] cvr` alone when
+    /// no dueslag is configured.
+    pub fn municipalities(&self) -> BTreeMap<String, Vec<Service>> {
+        let mut pull: BTreeMap<String, bool> = BTreeMap::new();
+        for ds in &self.dueslag {
+            *pull.entry(self.cvr_of(ds).to_string()).or_default() |= ds.mode == Mode::Pull;
+        }
+        if pull.is_empty() {
+            pull.insert(self.identity.cvr.clone(), false);
+        }
+        pull.into_iter()
+            .map(|(cvr, pull)| {
+                let services = Service::ALL
+                    .into_iter()
+                    .filter(|s| *s == Service::Afsend || pull)
+                    .collect();
+                (cvr, services)
             })
             .collect()
     }

@@ -133,6 +133,14 @@ impl Config {
             " (no pull dueslag: no afhent connection, no afhent token)"
         };
         lines.push(format!("services: {}{note}", names.join(", ")));
+        let municipalities = self.municipalities();
+        if municipalities.len() > 1 || !municipalities.contains_key(&self.identity.cvr) {
+            let held: usize = municipalities.values().map(Vec::len).sum();
+            lines.push(format!(
+                "municipalities: {} (CVR), {held} tokens and {held} connections (one per CVR and service in use)",
+                municipalities.len()
+            ));
+        }
         lines
     }
 }

@@ -27,6 +27,53 @@ fn minimal_is_sim_with_defaults() {
 }
 
 #[test]
+fn a_dueslag_belongs_to_its_own_municipality_or_the_identity_s() {
+    let text = format!(
+        "{MINIMAL}labels = {{ kommune = \"home\" }}\n\
+         [[dueslag]]\nname = \"aarhus\"\nmode = \"push\"\nid = \"6d5a5d9e-3f0b-4a55-9d6e-0c1f2b3a4d5e\"\n\
+         cvr = \"55133018\"\nanvendersystem = \"0f2b3a4d-3f0b-4a55-9d6e-6d5a5d9e0c1f\"\n\
+         labels = {{ kommune = \"aarhus\" }}\n"
+    );
+    let c = Config::parse(&text, "m.toml").unwrap();
+    let specs = c.dueslag_specs();
+    assert_eq!(specs[0].cvr, "29189846");
+    assert_eq!(specs[0].anvendersystem, c.identity.anvendersystem);
+    assert_eq!(
+        specs[0].labels,
+        [("kommune".to_string(), "home".to_string())]
+    );
+    assert_eq!(specs[1].cvr, "55133018");
+    assert_eq!(
+        specs[1].anvendersystem.to_string(),
+        "0f2b3a4d-3f0b-4a55-9d6e-6d5a5d9e0c1f"
+    );
+    // Each municipality with the services its dueslag need: afhent only for a pull one.
+    let m = c.municipalities();
+    assert_eq!(m["29189846"], [Service::Afsend, Service::Afhent]);
+    assert_eq!(m["55133018"], [Service::Afsend]);
+    assert_eq!(m.len(), 2);
+    // Without dueslag, the identity's alone.
+    let mut none = c.clone();
+    none.dueslag.clear();
+    assert_eq!(
+        none.municipalities().keys().collect::<Vec<_>>(),
+        ["29189846"]
+    );
+    let mut on_amqp = c.clone();
+    on_amqp.broker.as_mut().unwrap().backend = BackendKind::Amqp;
+    let summary = on_amqp.resolution_summary().join("\n");
+    assert!(
+        summary.contains("municipalities: 2 (CVR), 3 tokens and 3 connections"),
+        "{summary}"
+    );
+    // Adding a municipality is no backend rebuild: its tokens and connections are made
+    // beside the running ones.
+    let mut more = c.clone();
+    more.dueslag[1].cvr = Some("35209115".into());
+    assert_eq!(c.backend_part(), more.backend_part());
+}
+
+#[test]
 fn no_backend_is_refused_with_how_to_choose() {
     let text = MINIMAL.replace("[broker]\nbackend = \"sim\"\n", "");
     let e = Config::parse(&text, "m.toml").unwrap_err().to_string();

@@ -9,10 +9,10 @@ impl Config {
         if self.broker.is_none() {
             return Err(NO_BACKEND.into());
         }
-        let cvr = &self.identity.cvr;
-        if cvr.len() != 8 || !cvr.bytes().all(|b| b.is_ascii_digit()) {
+        if !is_cvr(&self.identity.cvr) {
             return Err(format!(
-                "identity.cvr: {cvr:?} is not an 8-digit CVR number"
+                "identity.cvr: {:?} is not an 8-digit CVR number",
+                self.identity.cvr
             ));
         }
         let b = &self.exporter.roundtrip_buckets;
@@ -147,6 +147,25 @@ impl Config {
             if !(t.renew_at > 0.0 && t.renew_at < 1.0) {
                 return Err("token.renew_at: must be between 0 and 1".into());
             }
+            if !(0.0..=0.5).contains(&t.renew_jitter) {
+                return Err("token.renew_jitter: must be between 0 and 0.5".into());
+            }
+            if t.sts_concurrency == 0 {
+                return Err("token.sts_concurrency: must be at least 1".into());
+            }
+            if let (TokenSourceKind::File, Some(file)) = (t.source, &t.file) {
+                let cvrs = self.municipalities();
+                let templated = file.to_string_lossy().contains(CVR_PLACEHOLDER);
+                if cvrs.len() > 1 && !templated {
+                    let list: Vec<&str> = cvrs.keys().map(String::as_str).take(5).collect();
+                    return Err(format!(
+                        "token.file: the dueslag belong to {} municipalities ({}{}), and a token is issued for one CVR: put {CVR_PLACEHOLDER} in the path (e.g. \"/run/tokens/{CVR_PLACEHOLDER}.xml\"), which each dueslag's CVR replaces",
+                        cvrs.len(),
+                        list.join(", "),
+                        if cvrs.len() > 5 { ", ..." } else { "" }
+                    ));
+                }
+            }
         }
         let h = &self.http;
         for (key, d) in [
@@ -263,6 +282,14 @@ impl Config {
                     return Err(format!("{key}.{k}: must be more than 0s"));
                 }
             }
+            if let Some(cvr) = &ds.cvr
+                && !is_cvr(cvr)
+            {
+                return Err(format!(
+                    "{key}.cvr: {cvr:?} is not an 8-digit CVR number (the municipality this dueslag belongs to)"
+                ));
+            }
+            validate_labels(&key, ds, self.dueslag.first())?;
         }
         for (name, f) in &self.sim.faults {
             let key = format!("sim.faults.{name}");
@@ -312,4 +339,83 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// An 8-digit CVR number.
+pub(super) fn is_cvr(cvr: &str) -> bool {
+    cvr.len() == 8 && cvr.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// Label names the exporter's own series use: a static label must not shadow them.
+pub const RESERVED_LABELS: &[&str] = &[
+    "dueslag",
+    "mode",
+    "result",
+    "reason",
+    "kind",
+    "cvr",
+    "connection",
+    "service",
+    "use",
+    "listener",
+    "backend",
+    "shard",
+    "shards",
+    "version",
+    "revision",
+    "besked_id",
+    "le",
+    "quantile",
+    "job",
+    "instance",
+];
+
+/// A Prometheus label name: `[a-zA-Z_][a-zA-Z0-9_]*`, not starting with `__` (reserved).
+fn is_label_name(name: &str) -> bool {
+    let mut bytes = name.bytes();
+    bytes
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+        && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        && !name.starts_with("__")
+}
+
+/// The static labels of one dueslag: valid names, none of the exporter's own, a value, and
+/// the same keys as the first dueslag (every series of a family has the same label names,
+/// so that dashboards and alert routing can rely on them).
+fn validate_labels(
+    key: &str,
+    ds: &DueslagConfig,
+    first: Option<&DueslagConfig>,
+) -> Result<(), String> {
+    for (name, value) in &ds.labels {
+        if !is_label_name(name) {
+            return Err(format!(
+                "{key}.labels.{name}: not a Prometheus label name ([a-zA-Z_][a-zA-Z0-9_]*, not starting with __)"
+            ));
+        }
+        if RESERVED_LABELS.contains(&name.as_str()) {
+            return Err(format!(
+                "{key}.labels.{name}: the exporter's own series use the label {name:?}; choose another name"
+            ));
+        }
+        if value.is_empty() {
+            return Err(format!(
+                "{key}.labels.{name}: empty; a label without a value is no label"
+            ));
+        }
+    }
+    if let Some(first) = first {
+        let keys = |d: &DueslagConfig| d.labels.keys().cloned().collect::<Vec<_>>();
+        let (mine, theirs) = (keys(ds), keys(first));
+        if mine != theirs {
+            return Err(format!(
+                "{key}.labels: has keys [{}], but dueslag {:?} has [{}]; every dueslag needs the same label keys",
+                mine.join(", "),
+                first.name,
+                theirs.join(", ")
+            ));
+        }
+    }
+    Ok(())
 }

@@ -113,7 +113,8 @@ pub async fn run(args: ProbeArgs) -> Report {
             ds.uuid().map_or("none".into(), |u| u.to_string())
         ),
     );
-    if config.backend() == BackendKind::Amqp && !preflight(&config, &mut trace).await {
+    let cvr = config.cvr_of(&ds).to_string();
+    if config.backend() == BackendKind::Amqp && !preflight(&config, &cvr, &mut trace).await {
         return report(trace, 0, 0, 1);
     }
     if config.backend() == BackendKind::Sim {
@@ -272,14 +273,16 @@ impl AbonnementCheck {
     }
 }
 
-/// Token, TLS and AMQP connection, each traced. False when one failed.
-async fn preflight(config: &Config, trace: &mut Trace) -> bool {
+/// Token (of the dueslag's municipality, `cvr`), TLS and AMQP connection, each traced.
+/// False when one failed.
+async fn preflight(config: &Config, cvr: &str, trace: &mut Trace) -> bool {
     let broker = config.broker.as_ref().expect("amqp has [broker]");
     let url = broker.url.as_ref().expect("validated").0.clone();
     let stop = CancellationToken::new();
     let _stop = stop.clone().drop_guard();
     let metrics = Metrics::new(&[1.0]);
-    let tokens = match crate::backend::tokens(config, &metrics, &stop) {
+    let services = config.services();
+    let tokens = match crate::backend::tokens_for(config, cvr, &services, &metrics, &stop, None) {
         Ok(t) => t,
         Err(e) => {
             trace.fail("token", e, hints::TOKEN_FETCH);
@@ -292,7 +295,7 @@ async fn preflight(config: &Config, trace: &mut Trace) -> bool {
                 Some(t) => trace.ok(
                     "token",
                     format!(
-                        "{} token from {}: issuer {}, expires {}",
+                        "{} token for CVR {cvr} from {}: issuer {}, expires {}",
                         service.as_str(),
                         m.source_kind(),
                         t.issuer.as_deref().unwrap_or("unknown"),

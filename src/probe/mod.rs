@@ -29,8 +29,6 @@ pub struct ProbeContext {
     pub instance: String,
     /// New at every start of the exporter.
     pub run: Uuid,
-    pub anvendersystem: Uuid,
-    pub cvr: String,
     /// The ObjektType of the RelateretObjekt that addresses each message to its dueslag.
     pub objekt_type: UnikId,
 }
@@ -172,8 +170,8 @@ impl DueslagProbe {
         };
         let body = message::build_alive(&AliveSpec {
             besked_id,
-            anvendersystem: self.ctx.anvendersystem,
-            cvr: &self.ctx.cvr,
+            anvendersystem: self.spec.anvendersystem,
+            cvr: &self.spec.cvr,
             relateret_objekt: &RelateretObjekt::dueslag(id, &self.ctx.objekt_type),
             payload: &payload,
         });

@@ -363,11 +363,21 @@ async fn wait_next(inner: &Inner, services: &[Service], next: Next) -> Wake {
 async fn issue_task(inner: Arc<Inner>, issuer: Arc<dyn TokenIssuer>, service: Service) {
     let mut failures = 0u32;
     loop {
+        // At most `sts_concurrency` requests in flight over every manager of the backend:
+        // the others wait here, their start counted from when they got their turn.
+        let permit = match &inner.config.sts_permits {
+            Some(permits) => tokio::select! {
+                _ = inner.cancel.cancelled() => return,
+                p = permits.clone().acquire_owned() => p.ok(),
+            },
+            None => None,
+        };
         let started = Instant::now();
         let result = tokio::select! {
             _ = inner.cancel.cancelled() => return,
             r = issuer.issue(service) => r,
         };
+        drop(permit);
         let outcome = match result {
             Ok(token) => {
                 failures = 0;
@@ -384,7 +394,11 @@ async fn issue_task(inner: Arc<Inner>, issuer: Arc<dyn TokenIssuer>, service: Se
                 }
             }
         };
-        let next = schedule::after_fetch(&inner.config, started, Instant::now(), outcome);
+        let now = Instant::now();
+        let mut next = schedule::after_fetch(&inner.config, started, now, outcome);
+        if matches!(outcome, Outcome::Token { .. }) && inner.config.renew_jitter > 0.0 {
+            next = schedule::spread(next, now, inner.config.renew_jitter, rand::random());
+        }
         if wait_next(&inner, &[service], next).await == Wake::Cancelled {
             return;
         }
@@ -696,5 +710,72 @@ mod tests {
         assert!(f.mgr.token(Service::Afhent).is_none());
         h.stop().await;
         f.stop().await;
+    }
+
+    /// An STS that takes a second per request and records how many are in flight.
+    #[derive(Debug, Default)]
+    struct SlowSts {
+        now: std::sync::atomic::AtomicUsize,
+        max: std::sync::atomic::AtomicUsize,
+        total: std::sync::atomic::AtomicUsize,
+    }
+
+    #[async_trait]
+    impl TokenIssuer for SlowSts {
+        async fn issue(&self, _service: Service) -> Result<Token, TokenError> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let n = self.now.fetch_add(1, SeqCst) + 1;
+            self.max.fetch_max(n, SeqCst);
+            tokio::time::sleep(S).await;
+            self.now.fetch_sub(1, SeqCst);
+            let i = self.total.fetch_add(1, SeqCst);
+            token(i, Some(600 * S))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sts_concurrency_cap_holds_over_every_manager_at_start_and_on_renewal() {
+        use std::sync::atomic::Ordering::SeqCst;
+        // 50 municipalities × 2 services, 4 requests at a time, a second each.
+        let sts = Arc::new(SlowSts::default());
+        let permits = Arc::new(tokio::sync::Semaphore::new(4));
+        let config = TokenManagerConfig {
+            renew_fraction: 0.5,
+            renew_jitter: 0.1,
+            sts_permits: Some(permits),
+            ..TokenManagerConfig::default()
+        };
+        let cancel = CancellationToken::new();
+        let t0 = Instant::now();
+        let managers: Vec<TokenManager> = (0..50)
+            .map(|_| {
+                TokenManager::start(
+                    TokenSource::Sts(sts.clone()),
+                    &Service::ALL,
+                    config.clone(),
+                    TokenCallbacks::default(),
+                    cancel.clone(),
+                )
+            })
+            .collect();
+        for m in &managers {
+            for s in Service::ALL {
+                assert!(m.wait_for_token(s, 60 * S).await.is_some());
+            }
+        }
+        // 100 requests, 4 at a time, a second each: 25 s until the last token, never more
+        // than 4 in flight.
+        assert_eq!(Instant::now() - t0, 25 * S);
+        assert_eq!(sts.max.load(SeqCst), 4);
+        assert_eq!(sts.total.load(SeqCst), 100);
+        // Renewals (at half of 600 s, up to 10 % earlier) stay under the cap too, and are
+        // spread: a herd of 100 at one instant would take 25 s again.
+        tokio::time::sleep_until(t0 + 330 * S).await;
+        assert_eq!(sts.total.load(SeqCst), 200);
+        assert_eq!(sts.max.load(SeqCst), 4);
+        cancel.cancel();
+        for m in &managers {
+            m.stopped().await;
+        }
     }
 }

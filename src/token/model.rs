@@ -57,6 +57,8 @@ pub struct Token {
     pub expires_at: Option<SystemTime>,
     /// The assertion's `Issuer`.
     pub issuer: Option<String>,
+    /// The CVR the token is issued for ([`sts::CVR_ATTRIBUTE`]), when it names one.
+    pub cvr: Option<String>,
 }
 
 impl Token {
@@ -64,7 +66,7 @@ impl Token {
     /// are refused. Expiry and issuer are `None` when the XML holds no SAML 2.0 assertion
     /// with them. `origin` names the source in errors.
     pub fn from_xml(xml: String, origin: &str) -> Result<Token, TokenError> {
-        let (expires_at, issuer) = {
+        let (expires_at, issuer, cvr) = {
             let doc = roxmltree::Document::parse(&xml).map_err(|e| TokenError::NotXml {
                 origin: origin.to_owned(),
                 detail: e.to_string(),
@@ -73,7 +75,7 @@ impl Token {
                 .descendants()
                 .find(|n| n.has_tag_name((sts::SAML2_NS, sts::ASSERTION)));
             match assertion {
-                None => (None, None),
+                None => (None, None, None),
                 Some(a) => {
                     let issuer = a
                         .children()
@@ -85,7 +87,20 @@ impl Token {
                         .find(|n| n.has_tag_name((sts::SAML2_NS, sts::SAML_CONDITIONS)))
                         .and_then(|n| n.attribute(sts::SAML_NOT_ON_OR_AFTER))
                         .and_then(parse_time);
-                    (expires, issuer)
+                    let cvr = a
+                        .descendants()
+                        .find(|n| {
+                            n.has_tag_name((sts::SAML2_NS, sts::SAML_ATTRIBUTE))
+                                && n.attribute(sts::SAML_ATTRIBUTE_NAME) == Some(sts::CVR_ATTRIBUTE)
+                        })
+                        .and_then(|n| {
+                            n.children().find(|v| {
+                                v.has_tag_name((sts::SAML2_NS, sts::SAML_ATTRIBUTE_VALUE))
+                            })
+                        })
+                        .and_then(|v| v.text())
+                        .map(|t| t.trim().to_owned());
+                    (expires, issuer, cvr)
                 }
             }
         };
@@ -93,6 +108,7 @@ impl Token {
             xml: Secret::new(xml),
             expires_at,
             issuer,
+            cvr,
         })
     }
 

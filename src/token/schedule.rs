@@ -26,6 +26,13 @@ pub struct TokenManagerConfig {
     pub min_renew_interval: Duration,
     /// How often the file source reads its file.
     pub file_poll_interval: Duration,
+    /// Up to this share of a renewal's delay is taken off at random ([`spread`]), so that
+    /// tokens fetched together (many municipalities at start-up) are renewed apart.
+    pub renew_jitter: f64,
+    /// Shared by every manager of a backend: STS requests in flight at once, over all
+    /// municipalities and services (`[token] sts_concurrency`); `None`: no limit. Not
+    /// timing, but the one other bound on when a fetch happens.
+    pub sts_permits: Option<std::sync::Arc<tokio::sync::Semaphore>>,
 }
 
 impl Default for TokenManagerConfig {
@@ -37,6 +44,8 @@ impl Default for TokenManagerConfig {
             renew_without_expiry: Duration::from_secs(3600),
             min_renew_interval: Duration::from_secs(10),
             file_poll_interval: Duration::from_secs(5),
+            renew_jitter: 0.0,
+            sts_permits: None,
         }
     }
 }
@@ -117,6 +126,20 @@ pub fn after_fetch(
     }
 }
 
+/// `next` with its renewal brought forward by `jitter × draw` of the delay from `now`
+/// (`draw` in 0..1, drawn by the caller; `jitter` clamped to 0..0.5): a token is still
+/// renewed before `renew_fraction` of its lifetime, never after, and the renewals of tokens
+/// fetched in the same second spread over `jitter` of their delay. The on-demand floor
+/// stays.
+pub fn spread(next: Next, now: Instant, jitter: f64, draw: f64) -> Next {
+    let factor = 1.0 - jitter.clamp(0.0, 0.5) * draw.clamp(0.0, 1.0);
+    let delay = next.at.saturating_duration_since(now);
+    Next {
+        at: later(now, scale(delay, factor)),
+        not_before: next.not_before,
+    }
+}
+
 /// The schedule after the file source read its file at `read_at`: the next poll, and an
 /// on-demand floor of `min_renew_interval` (but no longer than a poll: a demand should
 /// never have to wait for more than the timer would).
@@ -175,7 +198,34 @@ mod tests {
             renew_without_expiry: d,
             min_renew_interval: d,
             file_poll_interval: d,
+            renew_jitter: 0.0,
+            sts_permits: None,
         }
+    }
+
+    #[test]
+    fn spread_brings_renewals_forward_by_at_most_the_jitter() {
+        let now = Instant::now();
+        let next = after_fetch(&timing(), now, now, token(Some(200 * S)));
+        assert_eq!(next.at, now + 100 * S);
+        // No jitter, or a draw of 0: unchanged.
+        assert_eq!(spread(next, now, 0.0, 0.7), next);
+        assert_eq!(spread(next, now, 0.1, 0.0), next);
+        // The extremes of a 10 % jitter: 90 s to 100 s, never later.
+        assert_eq!(spread(next, now, 0.1, 1.0).at, now + 90 * S);
+        assert_eq!(spread(next, now, 0.1, 0.5).at, now + 95 * S);
+        // Out-of-range inputs are clamped: at most half the delay comes off.
+        assert_eq!(spread(next, now, 3.0, 9.0).at, now + 50 * S);
+        assert_eq!(spread(next, now, 0.1, 1.0).not_before, next.not_before);
+        // Many draws spread the renewals of tokens fetched together over the window.
+        let ats: std::collections::BTreeSet<Instant> = (0..100)
+            .map(|i| spread(next, now, 0.1, f64::from(i) / 100.0).at)
+            .collect();
+        assert_eq!(ats.len(), 100);
+        assert!(
+            ats.iter()
+                .all(|a| *a > now + 90 * S - MS && *a <= now + 100 * S)
+        );
     }
 
     #[test]

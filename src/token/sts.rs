@@ -625,6 +625,8 @@ mod tests {
             renew_without_expiry: Duration::from_secs(3600),
             min_renew_interval: Duration::from_millis(10),
             file_poll_interval: Duration::from_millis(50),
+            renew_jitter: 0.0,
+            sts_permits: None,
         }
     }
 

@@ -72,6 +72,8 @@ pub fn timing() -> TokenManagerConfig {
         renew_without_expiry: 30 * S,
         min_renew_interval: S,
         file_poll_interval: 5 * S,
+        renew_jitter: 0.0,
+        sts_permits: None,
     }
 }
 
@@ -126,6 +128,7 @@ pub fn token(n: usize, lifetime: Option<Duration>) -> Result<Token, TokenError> 
         xml: Secret::new(format!("<t>{MARK}{n}</t>")),
         expires_at: lifetime.map(|l| SystemTime::now() + l),
         issuer: Some("scripted".into()),
+        cvr: None,
     })
 }
 

@@ -62,6 +62,15 @@ impl Pki {
         self.dir.path().join(name)
     }
 
+    /// Writes the client certificate and key (`client.pem`, `client.key`), for a client that
+    /// reads files (the exporter's `[broker.tls]`); returns their paths.
+    pub fn client_files(&self) -> (PathBuf, PathBuf) {
+        let (cert, key) = (self.path("client.pem"), self.path("client.key"));
+        std::fs::write(&cert, &self.client_pem).unwrap();
+        std::fs::write(&key, &self.client_key).unwrap();
+        (cert, key)
+    }
+
     /// A client trusting the CA, with the client certificate or without.
     pub fn client_config(&self, with_certificate: bool) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore::empty();

@@ -187,6 +187,11 @@ impl Afsender for AmqpAfsender {
         correlation_id: Uuid,
         timeout: Duration,
     ) -> Result<StandardRetur, AttemptError> {
+        if !self.link.token_ready(timeout).await {
+            return Err(AttemptError::NoToken(
+                "no afsend token yet within the send timeout".into(),
+            ));
+        }
         let (conn, generation) = self
             .link
             .connection()

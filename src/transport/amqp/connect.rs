@@ -166,6 +166,9 @@ pub async fn connect_tuned(
     if uri.query.heartbeat.is_none() {
         uri.query.heartbeat = heartbeat;
     }
+    if uri.query.frame_max.is_none() {
+        uri.query.frame_max = Some(crate::protocol::FRAME_MAX);
+    }
     let connector = match (&uri.scheme, tls) {
         (AMQPScheme::AMQP, None) => None,
         (AMQPScheme::AMQP, Some(_)) => {

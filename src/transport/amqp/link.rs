@@ -36,10 +36,14 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// attempt cut by this is retried on the new connection (`send.rs`).
 pub const RETIRE_LIMIT: Duration = Duration::from_secs(60);
 
-/// The `connection_name` client property of a service's connections, so that a broker
-/// operator (or a test, or the emulator) can tell them apart.
-pub fn connection_name(service: Service) -> String {
-    format!("bfo-alive-exporter {}", service.as_str())
+/// The `connection_name` client property of a service's connections, with the
+/// municipality (CVR) whose token they use, so that a broker operator (or a test, or the
+/// emulator) can tell them apart. A name only: what authorises a connection is its token.
+pub fn connection_name(service: Service, cvr: Option<&str>) -> String {
+    match cvr {
+        Some(cvr) => format!("bfo-alive-exporter {} {cvr}", service.as_str()),
+        None => format!("bfo-alive-exporter {}", service.as_str()),
+    }
 }
 
 /// A change of a link's state.
@@ -129,8 +133,9 @@ impl Link {
             (Some(m), true) => AuthChoice::External(m.slot(self.service)),
             _ => AuthChoice::Plain,
         };
-        let properties = ConnectionProperties::default()
-            .with_connection_name(connection_name(self.service).into());
+        let properties = ConnectionProperties::default().with_connection_name(
+            connection_name(self.service, self.settings.cvr.as_deref()).into(),
+        );
         sasl::connect_tuned(
             &self.settings.url,
             self.settings.tls.clone(),
@@ -299,6 +304,16 @@ impl Link {
         self.close_retired(true).await;
     }
 
+    /// Waits up to `timeout` for this link's first token when tokens are in use (at
+    /// start-up many municipalities' tokens queue for the STS): false when there is still
+    /// none, so that nothing is sent that must be refused for want of one.
+    pub(super) async fn token_ready(&self, timeout: Duration) -> bool {
+        match &self.settings.tokens {
+            Some(m) => m.wait_for_token(self.service, timeout).await.is_some(),
+            None => true,
+        }
+    }
+
     /// The current token's XML for the `token` header, if tokens are in use.
     pub(super) fn token(&self) -> Option<String> {
         let m = self.settings.tokens.as_ref()?;
@@ -327,6 +342,7 @@ mod tests {
             max_connection_age: None,
             heartbeat: None,
             reconnect_max: crate::backoff::RECONNECT_MAX,
+            cvr: None,
             events: Arc::new(move |service, event| {
                 s.lock().unwrap().push((service, event.clone()))
             }),

@@ -82,4 +82,6 @@ pub struct Settings {
     pub reconnect_max: Duration,
     /// Told every change of a link's state.
     pub events: LinkEvents,
+    /// The municipality whose token the links use; it goes into the connection name.
+    pub cvr: Option<String>,
 }

@@ -1,5 +1,10 @@
 //! Builds the transports a configuration asks for: the in-process simulator, or the AMQP
-//! connections to a Beskedfordeler (or any RabbitMQ), with their token source and TLS.
+//! connections to a Beskedfordeler (or any RabbitMQ), with their token source and TLS, per
+//! municipality ([`municipalities`]).
+
+mod municipalities;
+
+pub use municipalities::Municipalities;
 
 use std::sync::Arc;
 
@@ -7,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use std::time::{Duration, SystemTime};
 
-use crate::config::{AuthKind, BackendKind, BrokerConfig, Config, DueslagSpec, TokenSourceKind};
+use crate::config::{BackendKind, BrokerConfig, Config, DueslagSpec, TokenSourceKind};
 use crate::metrics::{CertificateUse, Metrics};
 use crate::protocol::Service;
 use crate::sim::{self, LocalSink, Simulator};
@@ -15,11 +20,9 @@ use crate::tls;
 use crate::token::{
     StsClient, StsConfig, TokenCallbacks, TokenManager, TokenManagerConfig, TokenSource,
 };
-use crate::transport::amqp::{
-    AmqpAfhenter, AmqpAfsender, DownReason, Link, LinkEvent, LinkEvents, Settings,
-};
+use crate::transport::amqp::{DownReason, LinkEvent, LinkEvents};
 use crate::transport::sim::{SimAfhenter, SimAfsender};
-use crate::transport::{Afhenter, Backend, ConsumeError, PullConsumer};
+use crate::transport::{Afhenter, Afsender, Backend, ConsumeError, PullConsumer};
 
 /// A backend and what reload needs to reconfigure it.
 pub struct Built {
@@ -28,16 +31,37 @@ pub struct Built {
     /// Present for the `sim` backend: the simulator, and where it POSTs push deliveries
     /// unless `[sim] push_base` says otherwise.
     sim: Option<(Arc<Simulator>, String)>,
+    /// Present for the `amqp` backend: the tokens and connections per municipality.
+    municipalities: Option<Municipalities>,
 }
 
 impl Built {
-    /// Tells the backend which dueslag run. A real Beskedfordeler is configured in its
+    /// Tells the backend which dueslag run. The AMQP backend makes the tokens and
+    /// connections of their municipalities and ends those no dueslag needs; it returns the
+    /// dueslag whose municipality was remade. A real Beskedfordeler is configured in its
     /// administration module, so only the simulator listens; it returns the dueslag whose
-    /// simulated set-up (target, `[sim.abonnement]` or `[sim.faults]`) changed, whose loops
-    /// must restart.
-    pub fn set_dueslag(&self, config: &Config, specs: &[DueslagSpec]) -> Vec<String> {
+    /// simulated set-up (target, `[sim.abonnement]` or `[sim.faults]`) changed. The loops
+    /// of the returned dueslag must restart.
+    pub fn set_dueslag(
+        &self,
+        config: &Config,
+        specs: &[DueslagSpec],
+        metrics: &Metrics,
+    ) -> Vec<String> {
+        if let Some(m) = &self.municipalities {
+            return m.set(specs);
+        }
         match &self.sim {
             Some((sim, push_base)) => {
+                // The simulator has no connections; its series say up for each municipality.
+                metrics.clear_connections();
+                metrics.clear_tokens();
+                for s in specs {
+                    for role in Service::ALL {
+                        metrics.set_connection_up(role, &s.cvr, true);
+                        metrics.token_started(role, &s.cvr);
+                    }
+                }
                 let base = config.sim.push_base.as_deref().unwrap_or(push_base);
                 sim.set_topology(sim::targets(
                     specs,
@@ -48,6 +72,22 @@ impl Built {
             }
             None => Vec::new(),
         }
+    }
+
+    /// What the dueslag of municipality `cvr` send with.
+    pub fn afsender(&self, cvr: &str) -> Arc<dyn Afsender> {
+        self.municipalities
+            .as_ref()
+            .and_then(|m| m.afsender(cvr))
+            .unwrap_or_else(|| self.backend.afsender.clone())
+    }
+
+    /// What the pull dueslag of municipality `cvr` consume with.
+    pub fn afhenter(&self, cvr: &str) -> Arc<dyn Afhenter> {
+        self.municipalities
+            .as_ref()
+            .and_then(|m| m.afhenter(cvr))
+            .unwrap_or_else(|| self.backend.afhenter.clone())
     }
 }
 
@@ -114,9 +154,7 @@ fn build(config: &Config, metrics: &Metrics, push_base: &str) -> Result<Built, S
             let sink = LocalSink::new(stop.clone());
             let simulator = Simulator::new(sink.clone(), stop.clone());
             let prefetch = config.broker.as_ref().map_or(20, |b| b.prefetch);
-            for role in Service::ALL {
-                metrics.set_connection_up(role, true);
-            }
+            metrics.clear_tokens();
             Ok(Built {
                 kind: BackendKind::Sim,
                 backend: Backend {
@@ -131,69 +169,103 @@ fn build(config: &Config, metrics: &Metrics, push_base: &str) -> Result<Built, S
                     stop,
                 },
                 sim: Some((simulator, push_base.to_string())),
+                municipalities: None,
             })
         }
         BackendKind::Amqp => build_amqp(config, metrics, stop),
     }
 }
 
-/// The token manager of `config`, or `None` without a token source. It fetches tokens for
-/// [`Config::services`] only.
-pub fn tokens(
+/// The token path of `cvr`: `[token] file` with [`crate::config::CVR_PLACEHOLDER`] replaced.
+pub fn token_file(file: &std::path::Path, cvr: &str) -> std::path::PathBuf {
+    let text = file.to_string_lossy();
+    if text.contains(crate::config::CVR_PLACEHOLDER) {
+        text.replace(crate::config::CVR_PLACEHOLDER, cvr).into()
+    } else {
+        file.to_path_buf()
+    }
+}
+
+/// The token manager of municipality `cvr` for `services`, or `None` without a token
+/// source; its STS requests wait for one of `permits`.
+pub fn tokens_for(
     config: &Config,
+    cvr: &str,
+    services: &[Service],
     metrics: &Metrics,
     stop: &CancellationToken,
+    permits: Option<Arc<tokio::sync::Semaphore>>,
 ) -> Result<Option<Arc<TokenManager>>, String> {
     let Some(t) = &config.token else {
         return Ok(None);
     };
     let source = match t.source {
         TokenSourceKind::None => return Ok(None),
-        TokenSourceKind::File => TokenSource::File(t.file.clone().expect("validated")),
-        TokenSourceKind::Sts => {
-            let mut files = config
-                .broker
-                .as_ref()
-                .map(BrokerConfig::tls_files)
-                .unwrap_or_default();
-            files.ca_file = t.sts_ca_file.clone();
-            let client = StsClient::new(StsConfig {
-                url: t.sts_url.clone().expect("validated"),
-                cvr: config.identity.cvr.clone(),
-                afsend_entity_id: t.afsend_entity_id.clone().expect("validated"),
-                afhent_entity_id: t.afhent_entity_id.clone().expect("validated"),
-                tls: files,
-                timeout: Duration::from_secs(30),
-            })
-            .map_err(|e| format!("token: {e}"))?;
-            TokenSource::Sts(Arc::new(client))
+        TokenSourceKind::File => {
+            TokenSource::File(token_file(t.file.as_deref().expect("validated"), cvr))
         }
+        TokenSourceKind::Sts => TokenSource::Sts(Arc::new(sts_client(config, cvr)?)),
     };
-    Ok(Some(start_tokens(config, source, metrics, stop)))
+    Ok(Some(start_tokens(
+        config, cvr, services, source, metrics, stop, permits,
+    )))
 }
 
-/// Starts the token manager of `config` on `source`, reporting to `metrics`.
+/// The STS client of municipality `cvr` (validation made sure `[token]` is `sts`).
+fn sts_client(config: &Config, cvr: &str) -> Result<StsClient, String> {
+    let t = config.token.as_ref().expect("a [token] table");
+    let mut files = config
+        .broker
+        .as_ref()
+        .map(BrokerConfig::tls_files)
+        .unwrap_or_default();
+    files.ca_file = t.sts_ca_file.clone();
+    StsClient::new(StsConfig {
+        url: t.sts_url.clone().expect("validated"),
+        cvr: cvr.to_string(),
+        afsend_entity_id: t.afsend_entity_id.clone().expect("validated"),
+        afhent_entity_id: t.afhent_entity_id.clone().expect("validated"),
+        tls: files,
+        timeout: Duration::from_secs(30),
+    })
+    .map_err(|e| format!("token: {e}"))
+}
+
+/// Starts the token manager of municipality `cvr` on `source`, reporting to `metrics`.
 fn start_tokens(
     config: &Config,
+    cvr: &str,
+    services: &[Service],
     source: TokenSource,
     metrics: &Metrics,
     stop: &CancellationToken,
+    permits: Option<Arc<tokio::sync::Semaphore>>,
 ) -> Arc<TokenManager> {
     let (m1, m2) = (metrics.clone(), metrics.clone());
+    let (c1, c2): (Arc<str>, Arc<str>) = (Arc::from(cvr), Arc::from(cvr));
     let callbacks = TokenCallbacks {
-        on_expiry: Arc::new(move |s, at| m1.set_token_expiry(s, at)),
+        on_expiry: Arc::new(move |s, at| {
+            // The manager reports every service at start; only used ones get a series.
+            if at.is_some() {
+                m1.set_token_expiry(s, &c1, at)
+            }
+        }),
         on_failure: Arc::new(move |s, e| {
-            tracing::warn!(service = s.as_str(), error = %e, "token renewal failed");
-            m2.token_renewal_failed(s);
+            tracing::warn!(service = s.as_str(), cvr = %c2, error = %e, "token renewal failed");
+            m2.token_renewal_failed(s, &c2);
         }),
     };
-    let mut cfg = TokenManagerConfig::default();
+    let mut cfg = TokenManagerConfig {
+        sts_permits: permits,
+        ..TokenManagerConfig::default()
+    };
     if let Some(t) = &config.token {
         cfg.renew_fraction = t.renew_at;
+        cfg.renew_jitter = t.renew_jitter;
     }
     Arc::new(TokenManager::start(
         source,
-        &config.services(),
+        services,
         cfg,
         callbacks,
         stop.clone(),
@@ -222,46 +294,50 @@ fn build_amqp(
              it will end connections first, and probes then reconnect and retry"
         );
     }
-    let events = link_events(metrics, &url, &stop);
-    let settings = Settings {
-        url,
-        tls,
-        tokens: tokens(config, metrics, &stop)?,
-        external: broker.auth == AuthKind::External,
-        prefetch: broker.prefetch,
-        max_connection_age: broker.connection_age_limit(),
-        heartbeat: broker.heartbeat_secs(),
-        reconnect_max: config.shortest_interval(),
-        events,
-    };
-    // Each used link is down until its first connect, whatever the previous backend showed;
-    // an unused one has no series.
-    let services = config.services();
-    for service in Service::ALL {
-        if services.contains(&service) {
-            metrics.set_connection_up(service, false);
-        } else {
-            metrics.remove_connection(service);
-        }
+    // What every municipality's STS client is made of (the certificate): refused here, at
+    // build (and so at reload), not once per municipality later.
+    if config
+        .token
+        .as_ref()
+        .is_some_and(|t| t.source == TokenSourceKind::Sts)
+    {
+        sts_client(config, &config.identity.cvr)?;
     }
-    let afsend = Link::new(Service::Afsend, settings.clone());
-    tokio::spawn(afsend.clone().watch(stop.clone()));
-    let afhenter: Arc<dyn Afhenter> = if services.contains(&Service::Afhent) {
-        let afhent = Link::new(Service::Afhent, settings);
-        tokio::spawn(afhent.clone().watch(stop.clone()));
-        Arc::new(AmqpAfhenter::new(afhent))
-    } else {
-        Arc::new(NoAfhent)
-    };
+    let base = municipalities::base_settings(broker, url, tls, config.shortest_interval());
+    let municipalities = Municipalities::new(base, config, metrics, stop.clone());
     Ok(Built {
         kind: BackendKind::Amqp,
         backend: Backend {
-            afsender: Arc::new(AmqpAfsender::new(afsend)),
-            afhenter,
+            // Every dueslag sends and consumes with its municipality's ([`Built::afsender`]).
+            afsender: Arc::new(NoMunicipality),
+            afhenter: Arc::new(NoAfhent),
             stop,
         },
         sim: None,
+        municipalities: Some(municipalities),
     })
+}
+
+/// The afsender where no municipality is made: [`Built::set_dueslag`] makes every running
+/// dueslag's before its loop starts, so nothing sends with it.
+struct NoMunicipality;
+
+#[async_trait::async_trait]
+impl Afsender for NoMunicipality {
+    async fn publish(
+        &self,
+        _msg: &crate::transport::Outgoing,
+        _correlation_id: uuid::Uuid,
+        _timeout: Duration,
+    ) -> Result<crate::message::StandardRetur, crate::transport::AttemptError> {
+        Err(crate::transport::AttemptError::Connection(
+            "no connection is made for this dueslag's municipality".into(),
+        ))
+    }
+
+    async fn renew_token(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The afhenter of a configuration without pull dueslag: no connection is opened. Reload
@@ -281,9 +357,10 @@ impl Afhenter for NoAfhent {
 /// Link events become `bfo_alive_connection_up`, `bfo_alive_connection_rotations_total` and
 /// one log line each. Events of a backend that was replaced (its `stop` cancelled) are
 /// dropped: its links' last "down" must not overwrite what the new backend's links report.
-fn link_events(metrics: &Metrics, url: &str, stop: &CancellationToken) -> LinkEvents {
+fn link_events(metrics: &Metrics, url: &str, cvr: &str, stop: &CancellationToken) -> LinkEvents {
     let metrics = metrics.clone();
     let stop = stop.clone();
+    let cvr: Arc<str> = Arc::from(cvr);
     // Masked once here: the URL may carry the PLAIN password.
     let url = crate::config::mask_url(url);
     Arc::new(move |service, event| {
@@ -291,27 +368,29 @@ fn link_events(metrics: &Metrics, url: &str, stop: &CancellationToken) -> LinkEv
             return;
         }
         let connection = service.as_str();
+        let cvr = &*cvr;
         match event {
-            LinkEvent::Up => tracing::info!(connection, url = %url, "connected"),
-            LinkEvent::Down(DownReason::Lost) => tracing::warn!(connection, "connection lost"),
+            LinkEvent::Up => tracing::info!(connection, cvr, url = %url, "connected"),
+            LinkEvent::Down(DownReason::Lost) => tracing::warn!(connection, cvr, "connection lost"),
             LinkEvent::Down(DownReason::ConnectFailed { error, retry_in }) => {
-                tracing::warn!(connection, error = %error, retry_in = ?retry_in, "cannot connect")
+                tracing::warn!(connection, cvr, error = %error, retry_in = ?retry_in, "cannot connect")
             }
             // Asked for (token renewal, shutdown): nothing went wrong.
             LinkEvent::Down(DownReason::Reset) => {}
             LinkEvent::Rotated { age } => {
-                tracing::info!(connection, age = ?age, "connection replaced before max_connection_age");
-                metrics.connection_rotated(service);
+                tracing::info!(connection, cvr, age = ?age, "connection replaced before max_connection_age");
+                metrics.connection_rotated(service, cvr);
             }
             LinkEvent::RotationFailed { error, retry_in } => tracing::warn!(
                 connection,
+                cvr,
                 error = %error,
                 retry_in = ?retry_in,
                 "cannot open the replacement connection; the current one keeps serving"
             ),
         }
         let up = !matches!(event, LinkEvent::Down(_));
-        metrics.set_connection_up(service, up);
+        metrics.set_connection_up(service, cvr, up);
     })
 }
 
@@ -332,7 +411,16 @@ mod tests {
         for (dueslag, afhent_calls) in [(PUSH.to_string(), 0), (format!("{PUSH}{PULL}"), 1)] {
             let (source, tokens) = scripted(|_, n| token(n, Some(3600 * S)));
             let stop = CancellationToken::new();
-            let mgr = start_tokens(&config(&dueslag), tokens, &metrics, &stop);
+            let c = config(&dueslag);
+            let mgr = start_tokens(
+                &c,
+                &c.identity.cvr,
+                &c.services(),
+                tokens,
+                &metrics,
+                &stop,
+                None,
+            );
             assert!(mgr.wait_for_token(Service::Afsend, S).await.is_some());
             // Virtual time (paused): a minute in which no other token may be asked for.
             tokio::time::sleep(60 * S).await;
