@@ -169,7 +169,7 @@ impl Supervisor {
             .expect("a backend is built before loops start");
         let status = Arc::new(DueslagStatus::new(&spec.name, spec.mode.as_str()));
         let observer: Arc<dyn Observer> = Arc::new(Fanout(vec![
-            Arc::new(self.metrics.dueslag(&spec.name, spec.mode)),
+            self.metrics.dueslag(&spec.name, spec.mode) as Arc<dyn Observer>,
             status.clone(),
         ]));
         // The no-success alert measures a dueslag without a success from here, not from

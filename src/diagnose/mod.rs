@@ -278,7 +278,7 @@ async fn preflight(config: &Config, trace: &mut Trace) -> bool {
     let url = broker.url.as_ref().expect("validated").0.clone();
     let stop = CancellationToken::new();
     let _stop = stop.clone().drop_guard();
-    let metrics = Metrics::new(&[1.0]);
+    let metrics = Metrics::new(&[1.0], crate::config::Histograms::default());
     let tokens = match crate::backend::tokens(config, &metrics, &stop) {
         Ok(t) => t,
         Err(e) => {
