@@ -72,19 +72,36 @@ local lib = import 'lib.libsonnet';
             record: 'dueslag:bfo_alive_probes:increase%s' % c.failureRatio.window,
             expr: 'sum without (result) (increase(bfo_alive_probes_total[%s]))\n' % d(c.failureRatio.window),
           },
+          // The round-trip rules read classic buckets (`_count`, `_bucket`) or, after `or`,
+          // a native histogram (the exporter's [exporter] histograms = "native" or "both",
+          // scraped by a Prometheus with --enable-feature=native-histograms): either works.
           {
             // Round trips, and those slower than the limit, in the round-trip window.
             record: 'dueslag:bfo_alive_roundtrip:increase%s' % c.roundTrip.window,
-            expr: 'increase(bfo_alive_roundtrip_duration_seconds_count[%s])\n' % d(c.roundTrip.window),
+            expr: |||
+              increase(bfo_alive_roundtrip_duration_seconds_count[%(w)s])
+              or
+              histogram_count(increase(bfo_alive_roundtrip_duration_seconds[%(w)s]))
+            ||| % { w: d(c.roundTrip.window) },
           },
           {
             record: 'dueslag:bfo_alive_roundtrip_slow:increase%s' % c.roundTrip.window,
+            // Native: the share above the limit is interpolated within the native bucket
+            // the limit falls in (±4.4 %% wide at schema 3).
             expr: |||
-              increase(bfo_alive_roundtrip_duration_seconds_count[%(w)s])
-              - ignoring (le)
-              increase(bfo_alive_roundtrip_duration_seconds_bucket{le=~"%(le)s"}[%(w)s])
+              (
+                increase(bfo_alive_roundtrip_duration_seconds_count[%(w)s])
+                - ignoring (le)
+                increase(bfo_alive_roundtrip_duration_seconds_bucket{le=~"%(le)s"}[%(w)s])
+              )
+              or
+              (
+                histogram_count(increase(bfo_alive_roundtrip_duration_seconds[%(w)s]))
+                * (1 - histogram_fraction(0, %(s)s, increase(bfo_alive_roundtrip_duration_seconds[%(w)s])))
+              )
             ||| % {
               w: d(c.roundTrip.window),
+              s: std.toString(c.roundTrip.seconds),
               // Text format writes le="30", OpenMetrics le="30.0".
               le: if std.isNumber(c.roundTrip.seconds) && c.roundTrip.seconds == std.floor(c.roundTrip.seconds)
               then '%d(\\\\.0)?' % c.roundTrip.seconds
@@ -95,7 +112,11 @@ local lib = import 'lib.libsonnet';
           // Round-trip quantiles over 5 minutes, for panels (NaN while nothing came back).
           {
             record: 'dueslag_quantile:bfo_alive_roundtrip_duration_seconds:histogram_quantile_rate5m',
-            expr: 'histogram_quantile(%s, rate(bfo_alive_roundtrip_duration_seconds_bucket[%s]))\n' % [q, d('5m')],
+            expr: |||
+              histogram_quantile(%(q)s, rate(bfo_alive_roundtrip_duration_seconds_bucket[%(w)s]))
+              or
+              histogram_quantile(%(q)s, rate(bfo_alive_roundtrip_duration_seconds[%(w)s]))
+            ||| % { q: q, w: d('5m') },
             labels: { quantile: q },
           }
           for q in ['0.5', '0.95', '0.99']

@@ -7,6 +7,7 @@
 //! probing, and sending overlaps rendering.
 
 use std::fmt;
+use std::io;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
@@ -33,7 +34,11 @@ pub fn body(metrics: Metrics, format: Format) -> Body {
         let mut w = ChunkWriter::new(tx, STALL_LIMIT);
         // An error here means the scraper went away or stalled; its body simply ends early
         // (with an error, so the connection is closed rather than a cut exposition parsed).
-        if metrics.encode(format, &mut w).is_ok() {
+        let written = match format {
+            Format::Protobuf => metrics.encode_protobuf(&mut w).is_ok(),
+            _ => metrics.encode(format, &mut w).is_ok(),
+        };
+        if written {
             let _ = w.flush();
         } else {
             w.abort();
@@ -42,9 +47,10 @@ pub fn body(metrics: Metrics, format: Format) -> Body {
     Body::from_stream(futures::stream::poll_fn(move |cx| rx.poll_recv(cx)))
 }
 
-/// A [`fmt::Write`] that hands its text on in chunks over a bounded channel.
+/// A [`fmt::Write`] (text) and [`io::Write`] (protobuf) that hands its bytes on in chunks
+/// over a bounded channel.
 struct ChunkWriter {
-    buf: String,
+    buf: Vec<u8>,
     tx: mpsc::Sender<Chunk>,
     stall_limit: Duration,
 }
@@ -52,7 +58,7 @@ struct ChunkWriter {
 impl ChunkWriter {
     fn new(tx: mpsc::Sender<Chunk>, stall_limit: Duration) -> Self {
         ChunkWriter {
-            buf: String::with_capacity(CHUNK + CHUNK / 8),
+            buf: Vec::with_capacity(CHUNK + CHUNK / 8),
             tx,
             stall_limit,
         }
@@ -63,8 +69,8 @@ impl ChunkWriter {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let text = std::mem::replace(&mut self.buf, String::with_capacity(CHUNK + CHUNK / 8));
-        self.send(Ok(Bytes::from(text)))
+        let bytes = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK + CHUNK / 8));
+        self.send(Ok(Bytes::from(bytes)))
     }
 
     /// Ends the body with an error.
@@ -92,12 +98,31 @@ impl ChunkWriter {
     }
 }
 
-impl fmt::Write for ChunkWriter {
-    fn write_str(&mut self, s: &str) -> fmt::Result {
-        self.buf.push_str(s);
+impl ChunkWriter {
+    fn push(&mut self, b: &[u8]) -> fmt::Result {
+        self.buf.extend_from_slice(b);
         if self.buf.len() >= CHUNK {
             self.flush()?;
         }
+        Ok(())
+    }
+}
+
+impl fmt::Write for ChunkWriter {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        self.push(s.as_bytes())
+    }
+}
+
+impl io::Write for ChunkWriter {
+    fn write(&mut self, b: &[u8]) -> io::Result<usize> {
+        self.push(b)
+            .map_err(|_| io::Error::from(io::ErrorKind::BrokenPipe))?;
+        Ok(b.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        // Chunks go out as they fill; the last one when the render ends.
         Ok(())
     }
 }

@@ -73,7 +73,7 @@ pub fn push_router(state: AppState) -> Router {
 
 async fn metrics(State(s): State<AppState>, headers: HeaderMap) -> Response {
     let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    let format = Format::negotiate(accept);
+    let format = Format::negotiate(accept, s.metrics.protobuf());
     (
         [(header::CONTENT_TYPE, format.content_type())],
         exposition::body(s.metrics.clone(), format),

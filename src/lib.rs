@@ -42,6 +42,7 @@ pub(crate) mod http;
 pub(crate) mod matcher;
 pub mod message;
 pub(crate) mod metrics;
+pub(crate) mod native;
 pub mod outcome;
 pub(crate) mod probe;
 pub(crate) mod process;

@@ -3,21 +3,28 @@
 //!
 //! Built on `prometheus-client` (the Prometheus org's crate: maintained, OpenMetrics with
 //! exemplars, and a 0.0.4 text encoder). Every known label set of a dueslag is created at 0
-//! when the dueslag starts and removed when it stops, so a removed dueslag's series vanish.
+//! when the dueslag starts and removed when it stops, so a removed dueslag's series vanish;
+//! the failure reasons are exposed only once they count ([`SparseCounter`]). Native
+//! histograms and the protobuf exposition of the per-dueslag series: [`crate::native`].
 
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
-use std::sync::Arc;
+use std::io;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::registry::{Registry, Unit};
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::{Metric, Registry, Unit};
+use prost::Message as _;
 
-use crate::config::Mode;
+use crate::config::{Histograms, Mode};
+use crate::native::{self, NativeHistogram};
 use crate::outcome::{ConsumeFailure, Observer, Outcome, ProbeResult, ReceivedKind, SendFailure};
 use crate::process::ProcessCollector;
 use crate::protocol::Service;
@@ -164,15 +171,180 @@ pub struct BeskedExemplar {
 
 type Timestamp = Gauge<f64, AtomicU64>;
 type Seconds = Gauge<f64, AtomicU64>;
-type Latency = HistogramWithExemplars<BeskedExemplar>;
+type Classic = HistogramWithExemplars<BeskedExemplar>;
 
-/// Makes histograms with a fixed set of buckets.
+/// Makes classic histograms with a fixed set of buckets.
 #[derive(Clone, Debug)]
 pub struct Buckets(Arc<[f64]>);
 
-impl MetricConstructor<Latency> for Buckets {
-    fn new_metric(&self) -> Latency {
+impl MetricConstructor<Classic> for Buckets {
+    fn new_metric(&self) -> Classic {
         HistogramWithExemplars::new(self.0.iter().copied())
+    }
+}
+
+/// Makes native histograms, with the given classic buckets beside them (`+Inf` only when
+/// empty): text and OpenMetrics, which cannot carry native buckets, encode those.
+#[derive(Clone, Debug)]
+pub struct NativeBuckets(Arc<[f64]>);
+
+impl MetricConstructor<NativeHistogram> for NativeBuckets {
+    fn new_metric(&self) -> NativeHistogram {
+        NativeHistogram::new(&self.0)
+    }
+}
+
+/// One latency histogram of a dueslag, as `[exporter] histograms` wants it: classic
+/// buckets with exemplars (text and OpenMetrics), native buckets (protobuf; with `native`
+/// also the text formats' `+Inf` bucket), or both.
+#[derive(Clone, Debug)]
+pub struct Latency {
+    classic: Option<Classic>,
+    native: Option<NativeHistogram>,
+}
+
+impl Latency {
+    fn observe(&self, v: f64, exemplar: impl FnOnce() -> BeskedExemplar, at: Option<SystemTime>) {
+        if let Some(c) = &self.classic {
+            c.observe(v, Some(exemplar()), at);
+        }
+        if let Some(n) = &self.native {
+            n.observe(v);
+        }
+    }
+}
+
+/// The families behind [`Latency`].
+#[derive(Clone, Debug)]
+struct LatencyFamily<K> {
+    classic: Option<Family<K, Classic, Buckets>>,
+    native: Option<Family<K, NativeHistogram, NativeBuckets>>,
+}
+
+impl<K> LatencyFamily<K>
+where
+    K: Clone + std::hash::Hash + Eq + EncodeLabelSet + fmt::Debug + Send + Sync + 'static,
+{
+    fn new(mode: Histograms, buckets: &[f64]) -> Self {
+        // `native`: the classic side is the `+Inf` bucket (with `_count` and `_sum`) for
+        // text scrapers; `both`: the protobuf histogram carries the classic buckets too,
+        // as client_golang's does (Prometheus keeps them with scrape_classic_histograms).
+        let beside: &[f64] = if mode == Histograms::Native {
+            &[]
+        } else {
+            buckets
+        };
+        LatencyFamily {
+            classic: (mode != Histograms::Native)
+                .then(|| Family::new_with_constructor(Buckets(buckets.into()))),
+            native: mode
+                .native()
+                .then(|| Family::new_with_constructor(NativeBuckets(beside.into()))),
+        }
+    }
+
+    /// The text formats get the classic histograms (exemplars and all) when there are
+    /// any, else the native ones' `+Inf` bucket; protobuf is written from the native ones
+    /// ([`Metrics::encode_protobuf`]).
+    fn register(&self, reg: &mut Parts, name: &'static str, help: &str) {
+        if let Some(f) = &self.classic {
+            reg.register_with_unit(name, help, Unit::Seconds, f.clone());
+        } else if let Some(f) = &self.native {
+            reg.register_with_unit(name, help, Unit::Seconds, f.clone());
+        }
+    }
+
+    fn get_or_create(&self, k: &K) -> Latency {
+        Latency {
+            classic: self.classic.as_ref().map(|f| f.get_or_create_owned(k)),
+            native: self.native.as_ref().map(|f| f.get_or_create_owned(k)),
+        }
+    }
+
+    fn remove(&self, k: &K) {
+        if let Some(f) = &self.classic {
+            f.remove(k);
+        }
+        if let Some(f) = &self.native {
+            f.remove(k);
+        }
+    }
+}
+
+/// A counter that is exposed only once it has counted: the rare reasons of a dueslag
+/// (`send_failures`, `consume_failures`) cost no series while they do not happen.
+/// Kept in its family from the start, so it goes with the dueslag like every other series.
+#[derive(Clone, Debug, Default)]
+pub struct SparseCounter(Counter);
+
+impl SparseCounter {
+    fn inc(&self) {
+        self.0.inc();
+    }
+}
+
+impl TypedMetric for SparseCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for SparseCounter {
+    fn encode(&self, encoder: MetricEncoder) -> fmt::Result {
+        if self.0.get() == 0 {
+            return Ok(());
+        }
+        self.0.encode(encoder)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// Which expositions a registry part is in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+enum Scope {
+    /// Every format: the global families (protobuf through `prometheus-client`).
+    #[default]
+    All,
+    /// The per-dueslag families: text 0.0.4 and OpenMetrics; protobuf writes them itself.
+    Text,
+}
+
+/// The exposition as small registries, one per family (and one for the process
+/// collector), so that the protobuf exposition can take the global ones from the crate
+/// and write the per-dueslag ones itself.
+#[derive(Debug, Default)]
+struct Parts {
+    parts: Vec<(Scope, Registry)>,
+    /// Where the next registered family goes.
+    scope: Scope,
+    /// The help of every per-dueslag family, by its registered name, as the crate writes it.
+    helps: HashMap<&'static str, String>,
+}
+
+impl Parts {
+    fn part(&mut self, name: &'static str, help: &str) -> &mut Registry {
+        if self.scope == Scope::Text {
+            self.helps.insert(name, format!("{help}."));
+        }
+        self.parts
+            .push((self.scope, Registry::with_prefix("bfo_alive")));
+        &mut self.parts.last_mut().expect("just pushed").1
+    }
+
+    fn register(&mut self, name: &'static str, help: &str, metric: impl Metric) {
+        self.part(name, help).register(name, help, metric);
+    }
+
+    fn register_with_unit(
+        &mut self,
+        name: &'static str,
+        help: &str,
+        unit: Unit,
+        metric: impl Metric,
+    ) {
+        self.part(name, help)
+            .register_with_unit(name, help, unit, metric);
     }
 }
 
@@ -184,12 +356,16 @@ const SEND_BUCKETS: [f64; 12] = [
 /// Every family of the contract. Cheap to clone (all handles are shared).
 #[derive(Clone)]
 pub struct Metrics {
-    registry: Arc<Registry>,
+    parts: Arc<Vec<(Scope, Registry)>>,
+    helps: Arc<HashMap<&'static str, String>>,
+    histograms: Histograms,
+    /// Every running dueslag's series, by name: what the protobuf exposition walks.
+    index: Arc<RwLock<BTreeMap<Arc<str>, Arc<DueslagMetrics>>>>,
     probes: Family<ProbeLabels, Counter>,
-    roundtrip: Family<DueslagMode, Latency, Buckets>,
-    send_duration: Family<DueslagLabel, Latency, Buckets>,
-    send_failures: Family<ReasonLabels, Counter>,
-    consume_failures: Family<ReasonLabels, Counter>,
+    roundtrip: LatencyFamily<DueslagMode>,
+    send_duration: LatencyFamily<DueslagLabel>,
+    send_failures: Family<ReasonLabels, SparseCounter>,
+    consume_failures: Family<ReasonLabels, SparseCounter>,
     received: Family<KindLabels, Counter>,
     lost: Family<DueslagMode, Counter>,
     last_success: Family<DueslagMode, Timestamp>,
@@ -213,9 +389,6 @@ pub struct Metrics {
     http_open: Family<ListenerLabel, Gauge>,
     reload_ok: Gauge,
     reload_time: Timestamp,
-    /// The label prefix each running dueslag's series were created with, by name: what
-    /// removes them again, even after a reload changed its static labels.
-    keys: Arc<std::sync::Mutex<std::collections::HashMap<String, DueslagKey>>>,
 }
 
 /// Version and revision of this build.
@@ -226,19 +399,24 @@ pub const REVISION: &str = match option_env!("BFO_ALIVE_REVISION") {
 };
 
 impl Metrics {
-    /// A registry with every global series; `roundtrip_buckets` in seconds.
-    pub fn new(roundtrip_buckets: &[f64]) -> Metrics {
-        let mut root = Registry::default();
-        root.register_collector(Box::new(ProcessCollector::new()));
-        let reg = root.sub_registry_with_prefix("bfo_alive");
+    /// A registry with every global series; `roundtrip_buckets` in seconds, classic
+    /// buckets as `histograms` wants them.
+    pub fn new(roundtrip_buckets: &[f64], histograms: Histograms) -> Metrics {
+        let mut process = Registry::default();
+        process.register_collector(Box::new(ProcessCollector::new()));
+        let mut parts = Parts::default();
+        parts.parts.push((Scope::All, process));
+        let reg = &mut parts;
+        reg.scope = Scope::Text;
 
-        let rt = Buckets(roundtrip_buckets.into());
-        let send = Buckets(SEND_BUCKETS.as_slice().into());
         let m = Metrics {
-            registry: Arc::new(Registry::default()),
+            parts: Arc::new(Vec::new()),
+            helps: Arc::default(),
+            histograms,
+            index: Arc::default(),
             probes: Family::default(),
-            roundtrip: Family::new_with_constructor(rt),
-            send_duration: Family::new_with_constructor(send),
+            roundtrip: LatencyFamily::new(histograms, roundtrip_buckets),
+            send_duration: LatencyFamily::new(histograms, &SEND_BUCKETS),
             send_failures: Family::default(),
             consume_failures: Family::default(),
             received: Family::default(),
@@ -264,20 +442,17 @@ impl Metrics {
             http_open: Family::default(),
             reload_ok: Gauge::default(),
             reload_time: Timestamp::default(),
-            keys: Arc::default(),
         };
         reg.register("probes", "Finished probes by result.", m.probes.clone());
-        reg.register_with_unit(
+        m.roundtrip.register(
+            reg,
             "roundtrip_duration",
             "Time from sending an Alive message to receiving it in the dueslag.",
-            Unit::Seconds,
-            m.roundtrip.clone(),
         );
-        reg.register_with_unit(
+        m.send_duration.register(
+            reg,
             "send_duration",
             "Time from publishing to the Afsend StandardRetur reply with StatusKode 20.",
-            Unit::Seconds,
-            m.send_duration.clone(),
         );
         reg.register(
             "send_failures",
@@ -351,6 +526,8 @@ impl Metrics {
         ] {
             reg.register_with_unit(name, help, Unit::Seconds, family.clone());
         }
+        // The global series, from here on.
+        reg.scope = Scope::All;
         reg.register_with_unit(
             "certificate_expiry_timestamp",
             "When a certificate the exporter holds expires (notAfter, Unix time), by use: broker, sts (the client certificate of [broker.tls]), push (the push listener's).",
@@ -430,13 +607,14 @@ impl Metrics {
         // backend makes its tokens and connections (crate::backend).
         m.set_shard(None);
         Metrics {
-            registry: Arc::new(root),
+            helps: Arc::new(std::mem::take(&mut parts.helps)),
+            parts: Arc::new(parts.parts),
             ..m
         }
     }
 
     /// Creates every series of a dueslag at 0 and returns its observer.
-    pub fn dueslag(&self, name: &str, mode: Mode) -> DueslagMetrics {
+    pub fn dueslag(&self, name: &str, mode: Mode) -> Arc<DueslagMetrics> {
         self.dueslag_labelled(name, mode, &[])
     }
 
@@ -446,17 +624,14 @@ impl Metrics {
         name: &str,
         mode: Mode,
         labels: &[(String, String)],
-    ) -> DueslagMetrics {
-        let key = DueslagKey::new(name, labels);
-        self.keys
-            .lock()
-            .unwrap()
-            .insert(name.to_string(), key.clone());
-        let k = SeriesKeys::new(key, mode);
-        DueslagMetrics {
+    ) -> Arc<DueslagMetrics> {
+        let k = SeriesKeys::new(DueslagKey::new(name, labels), mode);
+        let d = Arc::new(DueslagMetrics {
+            key: k.dl.dueslag.clone(),
+            mode: mode.as_str(),
             probes: k.probes.map(|l| self.probes.get_or_create_owned(&l)),
-            roundtrip: self.roundtrip.get_or_create_owned(&k.dm),
-            send_duration: self.send_duration.get_or_create_owned(&k.dl),
+            roundtrip: self.roundtrip.get_or_create(&k.dm),
+            send_duration: self.send_duration.get_or_create(&k.dl),
             send_failures: k
                 .reasons
                 .map(|l| self.send_failures.get_or_create_owned(&l)),
@@ -469,15 +644,31 @@ impl Metrics {
             last_attempt: self.last_attempt.get_or_create_owned(&k.dm),
             probe_success: self.probe_success.get_or_create_owned(&k.dm),
             inflight: self.inflight.get_or_create_owned(&k.dl),
-            held: self.held.get_or_create_owned(&k.dl),
-            consumer_paused: self.consumer_paused.get_or_create_owned(&k.dl),
-        }
+            // A push dueslag has no consumer: nothing is held, nothing pauses.
+            held: (mode == Mode::Pull).then(|| self.held.get_or_create_owned(&k.dl)),
+            consumer_paused: (mode == Mode::Pull)
+                .then(|| self.consumer_paused.get_or_create_owned(&k.dl)),
+            interval: self.probe_interval.get_or_create_owned(&k.dl),
+            timeout: self.probe_timeout.get_or_create_owned(&k.dl),
+            started: self.dueslag_started.get_or_create_owned(&k.dl),
+        });
+        self.index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(d.key.name.clone(), d.clone());
+        d
     }
 
     /// Removes every series of a dueslag.
     pub fn remove_dueslag(&self, name: &str, mode: Mode) {
-        let key = self.keys.lock().unwrap().remove(name);
-        let k = SeriesKeys::new(key.unwrap_or_else(|| DueslagKey::new(name, &[])), mode);
+        // The key the series were made with, even after a reload changed the labels.
+        let removed = self
+            .index
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(name);
+        let key = removed.map_or_else(|| DueslagKey::new(name, &[]), |d| d.key.clone());
+        let k = SeriesKeys::new(key, mode);
         for l in &k.probes {
             self.probes.remove(l);
         }
@@ -519,7 +710,12 @@ impl Metrics {
         timeout: Duration,
         at: SystemTime,
     ) {
-        let key = self.keys.lock().unwrap().get(name).cloned();
+        let key = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(name)
+            .map(|d| d.key.clone());
         let l = DueslagLabel {
             dueslag: key.unwrap_or_else(|| DueslagKey::new(name, &[])),
         };
@@ -649,18 +845,213 @@ impl Metrics {
         }
     }
 
-    /// Writes the whole exposition in `format` to `out`.
-    pub fn encode(&self, format: Format, out: &mut impl fmt::Write) -> fmt::Result {
-        match format {
-            Format::Text => {
-                prometheus_client::encoding::prometheus_text::encode(out, &self.registry)
-            }
-            Format::OpenMetrics => prometheus_client::encoding::text::encode(out, &self.registry),
-        }
+    /// The registries of the text expositions (all), or those protobuf takes from the
+    /// crate (the global ones).
+    fn parts(&self, protobuf: bool) -> impl Iterator<Item = &Registry> {
+        self.parts
+            .iter()
+            .filter(move |(scope, _)| !protobuf || *scope == Scope::All)
+            .map(|(_, r)| r)
     }
 
-    /// The whole exposition as one string (tests and small registries; `/metrics`
-    /// streams it instead, see [`crate::exposition`]).
+    /// Writes the whole exposition in `format` (text or OpenMetrics) to `out`.
+    pub fn encode(&self, format: Format, out: &mut impl fmt::Write) -> fmt::Result {
+        use prometheus_client::encoding::{prometheus_text, text};
+        for r in self.parts(false) {
+            match format {
+                Format::OpenMetrics => text::encode_registry(out, r)?,
+                _ => prometheus_text::encode(out, r)?,
+            }
+        }
+        if format == Format::OpenMetrics {
+            text::encode_eof(out)?;
+        }
+        Ok(())
+    }
+
+    /// Whether `/metrics` offers protobuf: only with native histograms (`native`, `both`);
+    /// `classic` answers as before them, in text or OpenMetrics.
+    pub fn protobuf(&self) -> bool {
+        self.histograms.native()
+    }
+
+    /// Writes the whole exposition as length-delimited protobuf `MetricFamily` messages:
+    /// the global families through `prometheus-client`, the per-dueslag ones (nearly all
+    /// of it) written straight into the wire format ([`crate::native`]), one family at a
+    /// time, so a scrape holds one family's bytes.
+    pub fn encode_protobuf(&self, out: &mut impl io::Write) -> io::Result<()> {
+        let mut buf = Vec::new();
+        for r in self.parts(true) {
+            let families = prometheus_client::encoding::prometheus_protobuf::encode(r)
+                .map_err(|_| io::Error::other("encoding a metric family failed"))?;
+            buf.clear();
+            for f in families.iter().filter(|f| !f.metric.is_empty()) {
+                f.encode_length_delimited(&mut buf)
+                    .map_err(io::Error::other)?;
+            }
+            out.write_all(&buf)?;
+        }
+        let all: Vec<Arc<DueslagMetrics>> = self
+            .index
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        use native::Kind::{Counter as C, Gauge as G, Histogram as H};
+        type Each<'a> = &'a dyn Fn(&DueslagMetrics, &mut native::Family);
+        let classic = self.histograms.classic();
+        let families: [(&str, &str, native::Kind, Each); 16] = [
+            ("probes", "bfo_alive_probes_total", C, &|d, f| {
+                for (r, c) in ProbeResult::LABELS.iter().zip(&d.probes) {
+                    f.value(d.labels(&[("mode", d.mode), ("result", r)]), c.get() as f64);
+                }
+            }),
+            (
+                "roundtrip_duration",
+                "bfo_alive_roundtrip_duration_seconds",
+                H,
+                &|d, f| {
+                    if let Some(h) = &d.roundtrip.native {
+                        f.histogram(d.labels(&[("mode", d.mode)]), h, classic);
+                    }
+                },
+            ),
+            (
+                "send_duration",
+                "bfo_alive_send_duration_seconds",
+                H,
+                &|d, f| {
+                    if let Some(h) = &d.send_duration.native {
+                        f.histogram(d.labels(&[]), h, classic);
+                    }
+                },
+            ),
+            (
+                "send_failures",
+                "bfo_alive_send_failures_total",
+                C,
+                &|d, f| {
+                    for (r, c) in SendFailure::ALL.iter().zip(&d.send_failures) {
+                        let n = c.0.get();
+                        if n > 0 {
+                            f.value(d.labels(&[("reason", r.as_str())]), n as f64);
+                        }
+                    }
+                },
+            ),
+            (
+                "consume_failures",
+                "bfo_alive_consume_failures_total",
+                C,
+                &|d, f| {
+                    for (r, c) in ConsumeFailure::ALL
+                        .iter()
+                        .zip(d.consume_failures.iter().flatten())
+                    {
+                        let n = c.0.get();
+                        if n > 0 {
+                            f.value(d.labels(&[("reason", r.as_str())]), n as f64);
+                        }
+                    }
+                },
+            ),
+            ("received", "bfo_alive_received_total", C, &|d, f| {
+                for (k, c) in ReceivedKind::ALL.iter().zip(&d.received) {
+                    f.value(
+                        d.labels(&[("mode", d.mode), ("kind", k.as_str())]),
+                        c.get() as f64,
+                    );
+                }
+            }),
+            ("lost", "bfo_alive_lost_total", C, &|d, f| {
+                f.value(d.labels(&[("mode", d.mode)]), d.lost.get() as f64);
+            }),
+            (
+                "last_success_timestamp",
+                "bfo_alive_last_success_timestamp_seconds",
+                G,
+                &|d, f| {
+                    f.value(d.labels(&[("mode", d.mode)]), d.last_success.get());
+                },
+            ),
+            (
+                "last_attempt_timestamp",
+                "bfo_alive_last_attempt_timestamp_seconds",
+                G,
+                &|d, f| {
+                    f.value(d.labels(&[("mode", d.mode)]), d.last_attempt.get());
+                },
+            ),
+            ("probe_success", "bfo_alive_probe_success", G, &|d, f| {
+                f.value(d.labels(&[("mode", d.mode)]), d.probe_success.get() as f64);
+            }),
+            ("inflight", "bfo_alive_inflight", G, &|d, f| {
+                f.value(d.labels(&[]), d.inflight.get() as f64);
+            }),
+            ("held_messages", "bfo_alive_held_messages", G, &|d, f| {
+                if let Some(g) = &d.held {
+                    f.value(d.labels(&[]), g.get() as f64);
+                }
+            }),
+            (
+                "consumer_paused",
+                "bfo_alive_consumer_paused",
+                G,
+                &|d, f| {
+                    if let Some(g) = &d.consumer_paused {
+                        f.value(d.labels(&[]), g.get() as f64);
+                    }
+                },
+            ),
+            (
+                "probe_interval",
+                "bfo_alive_probe_interval_seconds",
+                G,
+                &|d, f| {
+                    f.value(d.labels(&[]), d.interval.get());
+                },
+            ),
+            (
+                "probe_timeout",
+                "bfo_alive_probe_timeout_seconds",
+                G,
+                &|d, f| {
+                    f.value(d.labels(&[]), d.timeout.get());
+                },
+            ),
+            (
+                "dueslag_started_timestamp",
+                "bfo_alive_dueslag_started_timestamp_seconds",
+                G,
+                &|d, f| {
+                    f.value(d.labels(&[]), d.started.get());
+                },
+            ),
+        ];
+        for (short, name, kind, each) in families {
+            let help = self.helps.get(short).map_or("", String::as_str);
+            let mut f = native::Family::new(name, help, kind);
+            for d in &all {
+                each(d, &mut f);
+            }
+            buf.clear();
+            f.finish(&mut buf);
+            out.write_all(&buf)?;
+        }
+        Ok(())
+    }
+
+    /// The protobuf exposition as one buffer (tests).
+    pub fn render_protobuf(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.encode_protobuf(&mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+
+    /// The whole text or OpenMetrics exposition as one string (tests and small
+    /// registries; `/metrics` streams it instead, see [`crate::exposition`]).
     pub fn render(&self, format: Format) -> String {
         let mut out = String::new();
         self.encode(format, &mut out)
@@ -704,22 +1095,60 @@ pub enum Format {
     Text,
     /// OpenMetrics 1.0 text, with exemplars.
     OpenMetrics,
+    /// Prometheus protobuf (`io.prometheus.client.MetricFamily`, length-delimited): the only
+    /// format with native histograms.
+    Protobuf,
 }
 
 impl Format {
-    /// OpenMetrics when the scraper's `Accept` header asks for it, else text 0.0.4.
-    pub fn negotiate(accept: Option<&str>) -> Format {
-        if accept.is_some_and(|v| v.contains("application/openmetrics-text")) {
-            Format::OpenMetrics
-        } else {
-            Format::Text
+    /// The format the scraper's `Accept` header prefers (highest `q`; on a tie protobuf,
+    /// then OpenMetrics), text 0.0.4 when it names none of ours; protobuf only when
+    /// `protobuf` is offered. Prometheus asks for protobuf first when its native
+    /// histograms are on.
+    pub fn negotiate(accept: Option<&str>, protobuf: bool) -> Format {
+        let mut best: Option<(f64, u8, Format)> = None;
+        for range in accept.unwrap_or("").split(',') {
+            let mut params = range.split(';').map(str::trim);
+            let media = params.next().unwrap_or("").to_ascii_lowercase();
+            let mut q = 1.0;
+            let (mut proto, mut encoding) = (None, None);
+            for p in params {
+                let Some((k, v)) = p.split_once('=') else {
+                    continue;
+                };
+                let v = v.trim().trim_matches('"');
+                match k.trim().to_ascii_lowercase().as_str() {
+                    "q" => q = v.parse().unwrap_or(0.0),
+                    "proto" => proto = Some(v.to_string()),
+                    "encoding" => encoding = Some(v.to_string()),
+                    _ => {}
+                }
+            }
+            let candidate = match media.as_str() {
+                "application/vnd.google.protobuf"
+                    if protobuf
+                        && proto.as_deref() == Some("io.prometheus.client.MetricFamily")
+                        && encoding.as_deref() == Some("delimited") =>
+                {
+                    (2, Format::Protobuf)
+                }
+                "application/openmetrics-text" => (1, Format::OpenMetrics),
+                _ => continue,
+            };
+            if q > 0.0 && best.is_none_or(|(bq, bp, _)| q > bq || (q == bq && candidate.0 > bp)) {
+                best = Some((q, candidate.0, candidate.1));
+            }
         }
+        best.map_or(Format::Text, |(_, _, f)| f)
     }
 
     pub fn content_type(self) -> &'static str {
         match self {
             Format::Text => prometheus_client::encoding::prometheus_text::CONTENT_TYPE,
             Format::OpenMetrics => "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            Format::Protobuf => {
+                "application/vnd.google.protobuf; proto=io.prometheus.client.MetricFamily; encoding=delimited"
+            }
         }
     }
 }
@@ -793,20 +1222,44 @@ impl SeriesKeys {
 
 /// The series of one dueslag; turns its outcomes into metric updates.
 pub struct DueslagMetrics {
+    /// `dueslag` and the static labels, first on every series.
+    key: DueslagKey,
+    mode: &'static str,
     /// success, timeout, send_error: as [`ProbeResult::LABELS`].
     probes: [Counter; 3],
     roundtrip: Latency,
     send_duration: Latency,
-    send_failures: [Counter; SendFailure::ALL.len()],
-    consume_failures: Option<[Counter; ConsumeFailure::ALL.len()]>,
+    send_failures: [SparseCounter; SendFailure::ALL.len()],
+    consume_failures: Option<[SparseCounter; ConsumeFailure::ALL.len()]>,
     received: [Counter; ReceivedKind::ALL.len()],
     lost: Counter,
     last_success: Timestamp,
     last_attempt: Timestamp,
     probe_success: Gauge,
     inflight: Gauge,
-    held: Gauge,
-    consumer_paused: Gauge,
+    held: Option<Gauge>,
+    consumer_paused: Option<Gauge>,
+    interval: Seconds,
+    timeout: Seconds,
+    started: Timestamp,
+}
+
+impl DueslagMetrics {
+    /// This dueslag's label pairs for one series: `dueslag`, its static labels, then
+    /// `rest` (the protobuf exposition's, in the order the text one writes them).
+    fn labels<'a>(
+        &'a self,
+        rest: &'a [(&'a str, &'a str)],
+    ) -> impl Iterator<Item = (&'a str, &'a str)> + 'a {
+        std::iter::once(("dueslag", &*self.key.name))
+            .chain(
+                self.key
+                    .labels
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str())),
+            )
+            .chain(rest.iter().copied())
+    }
 }
 
 impl Observer for DueslagMetrics {
@@ -816,8 +1269,12 @@ impl Observer for DueslagMetrics {
                 self.last_attempt.set(unix_seconds(at));
             }
             Outcome::Sent { duration } => {
-                self.send_duration
-                    .observe(duration.as_secs_f64(), None, None)
+                if let Some(c) = &self.send_duration.classic {
+                    c.observe(duration.as_secs_f64(), None, None);
+                }
+                if let Some(n) = &self.send_duration.native {
+                    n.observe(duration.as_secs_f64());
+                }
             }
             Outcome::SendFailed { reason, .. } => {
                 let i = SendFailure::ALL
@@ -835,9 +1292,9 @@ impl Observer for DueslagMetrics {
                     self.probes[0].inc();
                     self.roundtrip.observe(
                         roundtrip.as_secs_f64(),
-                        Some(BeskedExemplar {
+                        || BeskedExemplar {
                             besked_id: besked_id.to_string(),
-                        }),
+                        },
                         Some(at),
                     );
                     self.last_success.set(unix_seconds(at));
@@ -866,8 +1323,10 @@ impl Observer for DueslagMetrics {
                 self.inflight.set(n as i64);
             }
             Outcome::Held { count, paused } => {
-                self.held.set(count as i64);
-                self.consumer_paused.set(i64::from(paused));
+                if let (Some(h), Some(p)) = (&self.held, &self.consumer_paused) {
+                    h.set(count as i64);
+                    p.set(i64::from(paused));
+                }
             }
             Outcome::ConsumeFailed { reason, .. } => {
                 let i = ConsumeFailure::ALL
@@ -890,22 +1349,40 @@ mod tests {
 
     #[test]
     fn every_label_set_starts_at_zero_and_goes_away() {
-        let m = Metrics::new(&crate::config::default_buckets());
+        let m = Metrics::new(&crate::config::default_buckets(), Histograms::Classic);
         let d = m.dueslag("sag-pull", Mode::Pull);
         let text = m.render(Format::Text);
         for needle in [
             r#"bfo_alive_probes_total{dueslag="sag-pull",mode="pull",result="send_error"} 0"#,
-            r#"bfo_alive_send_failures_total{dueslag="sag-pull",reason="unroutable"} 0"#,
-            r#"bfo_alive_send_failures_total{dueslag="sag-pull",reason="invalid_reply"} 0"#,
+            r#"bfo_alive_held_messages{dueslag="sag-pull"} 0"#,
             r#"bfo_alive_received_total{dueslag="sag-pull",mode="pull",kind="out_of_order"} 0"#,
             r#"bfo_alive_received_total{dueslag="sag-pull",mode="pull",kind="misrouted"} 0"#,
             r#"bfo_alive_roundtrip_duration_seconds_count{dueslag="sag-pull",mode="pull"} 0"#,
-            r#"bfo_alive_consume_failures_total{dueslag="sag-pull",reason="queue_missing"} 0"#,
             r#"bfo_alive_exporter_build_info{version=""#,
             "process_resident_memory_bytes ",
         ] {
             assert!(text.contains(needle), "missing {needle} in\n{text}");
         }
+        // Failure reasons cost a series only once they happen.
+        assert!(
+            !text.contains(r#"bfo_alive_send_failures_total{"#),
+            "{text}"
+        );
+        assert!(
+            !text.contains(r#"bfo_alive_consume_failures_total{"#),
+            "{text}"
+        );
+        d.observe(Outcome::SendFailed {
+            besked_id: Uuid::new_v4(),
+            reason: SendFailure::Unroutable,
+            status: None,
+            detail: String::new(),
+        });
+        let text = m.render(Format::Text);
+        assert!(text.contains(
+            r#"bfo_alive_send_failures_total{dueslag="sag-pull",reason="unroutable"} 1"#
+        ));
+        assert!(!text.contains(r#"reason="invalid_reply""#));
         let id = Uuid::new_v4();
         d.observe(Outcome::Finished {
             besked_id: id,
@@ -933,10 +1410,9 @@ mod tests {
             reason: ConsumeFailure::Connection,
             detail: String::new(),
         });
-        assert!(
-            !m.render(Format::Text)
-                .contains(r#"bfo_alive_consume_failures_total{dueslag="sag-push""#)
-        );
+        let text = m.render(Format::Text);
+        assert!(!text.contains(r#"bfo_alive_consume_failures_total{dueslag="sag-push""#));
+        assert!(!text.contains(r#"bfo_alive_held_messages{dueslag="sag-push""#));
         m.remove_dueslag("sag-push", Mode::Push);
         m.remove_dueslag("sag-pull", Mode::Pull);
         assert!(!m.render(Format::Text).contains("sag-pull"));
@@ -944,7 +1420,7 @@ mod tests {
 
     #[test]
     fn static_labels_are_on_every_series_of_a_dueslag_and_go_with_it() {
-        let m = Metrics::new(&[1.0]);
+        let m = Metrics::new(&[1.0], Histograms::Both);
         let labels = [
             ("kommune".to_string(), "aarhus".to_string()),
             ("team".to_string(), "sag".to_string()),
@@ -963,11 +1439,37 @@ mod tests {
             .collect();
         // Every per-dueslag family: probes, round trip, send, failures, received, lost,
         // timestamps, gauges, schedule.
-        assert!(lines.len() > 40, "{text}");
+        assert!(lines.len() > 25, "{} lines: {text}", lines.len());
         for l in &lines {
             assert!(
                 l.contains(r#"dueslag="aarhus-sag",kommune="aarhus",team="sag""#),
                 "{l}"
+            );
+        }
+        // The protobuf exposition (written apart from the text one) carries them too, in
+        // the same order.
+        let families = decode(&m.render_protobuf());
+        let series: Vec<_> = families
+            .iter()
+            .flat_map(|f| f.metric.iter().map(move |s| (&f.name, s)))
+            .filter(|(_, s)| s.label.iter().any(|l| l.value == "aarhus-sag"))
+            .collect();
+        assert!(series.len() >= 15, "{families:?}");
+        for (name, s) in series {
+            let pairs: Vec<_> = s
+                .label
+                .iter()
+                .take(3)
+                .map(|l| (l.name.as_str(), l.value.as_str()))
+                .collect();
+            assert_eq!(
+                pairs,
+                [
+                    ("dueslag", "aarhus-sag"),
+                    ("kommune", "aarhus"),
+                    ("team", "sag")
+                ],
+                "{name}"
             );
         }
         m.set_token_expiry(
@@ -992,7 +1494,7 @@ mod tests {
 
     #[test]
     fn schedule_and_start_of_a_dueslag_go_with_it() {
-        let m = Metrics::new(&[1.0]);
+        let m = Metrics::new(&[1.0], crate::config::Histograms::default());
         let _d = m.dueslag("sag-push", Mode::Push);
         let at = UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         m.dueslag_started(
@@ -1025,7 +1527,7 @@ mod tests {
 
     #[test]
     fn certificate_expiry_by_use_and_shard_info() {
-        let m = Metrics::new(&[1.0]);
+        let m = Metrics::new(&[1.0], crate::config::Histograms::default());
         let text = m.render(Format::Text);
         assert!(!text.contains("bfo_alive_certificate_expiry_timestamp_seconds{"));
         assert!(text.contains(r#"bfo_alive_shard_info{shard="1",shards="1"} 1"#));
@@ -1050,5 +1552,276 @@ mod tests {
         assert!(text.contains(r#"bfo_alive_shard_info{shard="2",shards="3"} 1"#));
         assert!(!text.contains(r#"shard="1""#));
         assert!(text.contains("bfo_alive_shards 3"));
+    }
+
+    use prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::MetricFamily;
+
+    fn decode(mut body: &[u8]) -> Vec<MetricFamily> {
+        let mut out = Vec::new();
+        while !body.is_empty() {
+            out.push(MetricFamily::decode_length_delimited(&mut body).expect("a MetricFamily"));
+        }
+        out
+    }
+
+    fn succeed(d: &DueslagMetrics, ms: u64) {
+        d.observe(Outcome::Finished {
+            besked_id: Uuid::new_v4(),
+            result: ProbeResult::Success {
+                roundtrip: Duration::from_millis(ms),
+            },
+            at: SystemTime::now(),
+        });
+    }
+
+    /// The round trip of `dueslag` in a protobuf exposition.
+    fn roundtrip_of(
+        families: &[MetricFamily],
+    ) -> &prometheus_client::encoding::prometheus_protobuf::prometheus_data_model::Histogram {
+        let f = families
+            .iter()
+            .find(|f| f.name == "bfo_alive_roundtrip_duration_seconds")
+            .expect("the round-trip family");
+        assert_eq!(f.metric.len(), 1, "one histogram per dueslag");
+        f.metric[0].histogram.as_ref().expect("a histogram")
+    }
+
+    #[test]
+    fn native_histograms_go_out_in_protobuf_classic_buckets_in_text() {
+        for mode in [Histograms::Classic, Histograms::Native, Histograms::Both] {
+            let m = Metrics::new(&crate::config::default_buckets(), mode);
+            let d = m.dueslag("sag", Mode::Pull);
+            for ms in [3, 30, 31, 300] {
+                succeed(&d, ms);
+            }
+            let families = decode(&m.render_protobuf());
+            assert_eq!(m.protobuf(), mode.native());
+            if mode.native() {
+                let h = roundtrip_of(&families);
+                assert_eq!(h.sample_count, 4, "{mode:?}");
+                assert!((h.sample_sum - 0.364).abs() < 1e-9, "{h:?}");
+                // `both`: the 14 configured classic buckets and +Inf beside the native ones.
+                let classic = if mode == Histograms::Both { 15 } else { 0 };
+                assert_eq!(h.bucket.len(), classic, "{mode:?}");
+                if mode == Histograms::Both {
+                    assert_eq!(h.bucket[1].upper_bound, 0.025);
+                    assert_eq!(h.bucket[1].cumulative_count, 1);
+                    assert_eq!(h.bucket[14].cumulative_count, 4);
+                }
+                assert_eq!(h.schema, native::SCHEMA);
+                assert_eq!(h.zero_threshold, native::ZERO_THRESHOLD);
+                // 3 ms, 30 and 31 ms (one bucket at ×1.09), 300 ms: three buckets, the
+                // indexes of the client_golang schema 3 (2^(i/8) upper bounds).
+                let index = |v: f64| (v.log2() * 8.0).ceil() as i32;
+                assert_eq!(h.positive_span.len(), 3, "{h:?}");
+                assert_eq!(h.positive_span[0].offset, index(0.003));
+                assert_eq!(h.positive_span[1].offset, index(0.030) - index(0.003) - 1);
+                assert_eq!(h.positive_delta, vec![1, 1, -1], "{h:?}");
+            } else {
+                assert!(!families.iter().any(|f| f.name.contains("roundtrip")));
+            }
+            let text = m.render(Format::Text);
+            let om = m.render(Format::OpenMetrics);
+            let le_1 = r#"bfo_alive_roundtrip_duration_seconds_bucket{dueslag="sag",mode="pull",le="0.5"} 4"#;
+            assert_eq!(text.contains(le_1), mode.classic(), "{mode:?}\n{text}");
+            assert!(text.contains(
+                r#"bfo_alive_roundtrip_duration_seconds_count{dueslag="sag",mode="pull"} 4"#
+            ));
+            // Exemplars stay in OpenMetrics wherever there are classic buckets.
+            assert_eq!(om.contains("# {besked_id="), mode.classic(), "{mode:?}");
+            assert!(om.ends_with("# EOF\n"));
+            assert_eq!(om.matches("# EOF").count(), 1);
+            // Every family once, in text as in protobuf.
+            assert_eq!(
+                text.matches("# TYPE bfo_alive_roundtrip_duration_seconds histogram")
+                    .count(),
+                1
+            );
+            assert_eq!(
+                families
+                    .iter()
+                    .filter(|f| f.name == "bfo_alive_send_duration_seconds")
+                    .count(),
+                usize::from(mode.native())
+            );
+        }
+    }
+
+    /// What a Prometheus scraping protobuf stores per dueslag: one series per counter,
+    /// gauge or native histogram; with classic buckets one per bucket, `_sum` and `_count`.
+    fn series_per_dueslag(families: &[MetricFamily], dueslag: &str) -> usize {
+        families
+            .iter()
+            .flat_map(|f| &f.metric)
+            .filter(|m| {
+                m.label
+                    .iter()
+                    .any(|l| l.name == "dueslag" && l.value == dueslag)
+            })
+            .map(|m| match &m.histogram {
+                Some(h) if h.schema == 0 && h.positive_span.is_empty() => h.bucket.len() + 2,
+                _ => 1,
+            })
+            .sum()
+    }
+
+    #[test]
+    fn a_dueslag_costs_few_series_with_native_histograms() {
+        let native = Metrics::new(&crate::config::default_buckets(), Histograms::Native);
+        let classic = Metrics::new(&crate::config::default_buckets(), Histograms::Classic);
+        for m in [&native, &classic] {
+            let _pull = m.dueslag("pull", Mode::Pull);
+            let _push = m.dueslag("push", Mode::Push);
+            for name in ["pull", "push"] {
+                m.dueslag_started(
+                    name,
+                    Duration::from_secs(60),
+                    Duration::from_secs(120),
+                    SystemTime::now(),
+                );
+            }
+        }
+        let n = decode(&native.render_protobuf());
+        // The figures of BENCHMARKS.md ("What a dueslag costs in Prometheus").
+        assert_eq!(series_per_dueslag(&n, "pull"), 22);
+        assert_eq!(series_per_dueslag(&n, "push"), 20);
+        // Classic: a text sample is a series; 15 + 2 of the round trip, 13 + 2 of sending.
+        let text = classic.render(Format::Text);
+        let per = |d: &str| {
+            text.lines()
+                .filter(|l| !l.starts_with('#') && l.contains(&format!("dueslag=\"{d}\"")))
+                .count()
+        };
+        assert_eq!(per("pull"), 22 - 2 + 17 + 15);
+        assert_eq!(per("push"), 20 - 2 + 17 + 15);
+        // The same series, in text and protobuf.
+        let names = |fs: &[MetricFamily]| {
+            let mut v: Vec<String> = fs
+                .iter()
+                .filter(|f| {
+                    f.metric
+                        .iter()
+                        .any(|m| m.label.iter().any(|l| l.value == "pull"))
+                })
+                .map(|f| f.name.clone())
+                .collect();
+            v.sort();
+            v
+        };
+        // 16 families, less the two failure ones while nothing failed.
+        assert_eq!(names(&n).len(), 14, "{:?}", names(&n));
+        let text = native.render(Format::Text);
+        for f in n.iter().filter(|f| f.name.starts_with("bfo_alive_")) {
+            assert!(f.help.ends_with('.'), "{f:?}");
+            let t = format!("# HELP {} {}\n", f.name, f.help);
+            assert!(text.contains(&t), "{t}");
+        }
+    }
+
+    #[test]
+    fn the_scraper_gets_the_format_it_prefers() {
+        let proto = "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited";
+        for (accept, want) in [
+            (None, Format::Text),
+            (
+                Some("text/plain;version=0.0.4;q=0.5,*/*;q=0.1"),
+                Format::Text,
+            ),
+            (Some("*/*"), Format::Text),
+            // Prometheus 2.42 with --enable-feature=native-histograms.
+            (
+                Some(
+                    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=delimited;q=0.8,application/openmetrics-text;version=1.0.0;q=0.7,application/openmetrics-text;version=0.0.1;q=0.6,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                Format::Protobuf,
+            ),
+            // Prometheus without it.
+            (
+                Some(
+                    "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1",
+                ),
+                Format::OpenMetrics,
+            ),
+            (Some(proto), Format::Protobuf),
+            (
+                Some(&format!("application/openmetrics-text, {proto};q=0.5")),
+                Format::OpenMetrics,
+            ),
+            (
+                Some(&format!("application/openmetrics-text, {proto}")),
+                Format::Protobuf,
+            ),
+            (Some(&format!("{proto};q=0")), Format::Text),
+            // Another message, or text protobuf: not ours.
+            (
+                Some(
+                    "application/vnd.google.protobuf;proto=io.prometheus.client.MetricFamily;encoding=text",
+                ),
+                Format::Text,
+            ),
+            (Some("application/vnd.google.protobuf"), Format::Text),
+        ] {
+            assert_eq!(Format::negotiate(accept, true), want, "{accept:?}");
+            // `classic` offers no protobuf: the next best, as before native histograms.
+            let classic = Format::negotiate(accept, false);
+            assert_ne!(classic, Format::Protobuf);
+            if want != Format::Protobuf {
+                assert_eq!(classic, want, "{accept:?}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod render_timing {
+    use super::*;
+    use std::time::Instant;
+
+    /// `cargo test --release --lib render_timing -- --ignored --nocapture`
+    #[test]
+    #[ignore]
+    fn render_10k() {
+        for mode in [Histograms::Classic, Histograms::Native, Histograms::Both] {
+            let m = Metrics::new(&crate::config::default_buckets(), mode);
+            let ds: Vec<_> = (0..10_000)
+                .map(|i| {
+                    let name = format!("d{i:05}");
+                    let d = m.dueslag(&name, Mode::Pull);
+                    m.dueslag_started(
+                        &name,
+                        Duration::from_secs(10),
+                        Duration::from_secs(30),
+                        SystemTime::now(),
+                    );
+                    for ms in [5, 6, 7] {
+                        d.observe(Outcome::Finished {
+                            besked_id: uuid::Uuid::new_v4(),
+                            result: ProbeResult::Success {
+                                roundtrip: Duration::from_millis(ms),
+                            },
+                            at: SystemTime::now(),
+                        });
+                        d.observe(Outcome::Sent {
+                            duration: Duration::from_millis(ms),
+                        });
+                    }
+                    d
+                })
+                .collect();
+            for _ in 0..2 {
+                let t = Instant::now();
+                let text = m.render(Format::Text);
+                let tt = t.elapsed();
+                let t = Instant::now();
+                let pb = m.render_protobuf();
+                let tp = t.elapsed();
+                eprintln!(
+                    "{mode:?}: text {tt:?} ({} MB), protobuf {tp:?} ({} MB)",
+                    text.len() / 1_000_000,
+                    pb.len() / 1_000_000
+                );
+            }
+            drop(ds);
+        }
     }
 }

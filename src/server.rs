@@ -156,7 +156,10 @@ pub async fn start(opts: Options) -> anyhow::Result<Server> {
     for r in &config.resolved {
         tracing::info!(key = r.key, value = %r.value, from = %r.from, "configuration resolved");
     }
-    let metrics = Metrics::new(&config.exporter.roundtrip_buckets);
+    let metrics = Metrics::new(
+        &config.exporter.roundtrip_buckets,
+        config.exporter.histograms,
+    );
     let main = bind(&opts.listen).await?;
     let addr = main.local_addr()?;
     let push_listener = match &config.push.listen {

@@ -167,10 +167,9 @@ impl Supervisor {
             .expect("a backend is built before loops start");
         let status = Arc::new(DueslagStatus::new(&spec.name, spec.mode.as_str()));
         let observer: Arc<dyn Observer> = Arc::new(Fanout(vec![
-            Arc::new(
-                self.metrics
-                    .dueslag_labelled(&spec.name, spec.mode, &spec.labels),
-            ),
+            self.metrics
+                .dueslag_labelled(&spec.name, spec.mode, &spec.labels)
+                as Arc<dyn Observer>,
             status.clone(),
         ]));
         // The no-success alert measures a dueslag without a success from here, not from

@@ -114,6 +114,27 @@ impl Exporter {
         Ok((body, t.elapsed()))
     }
 
+    /// GET /metrics asking for `accept`: the body's length, its content type and how long
+    /// the whole request took (render + transfer, to the last byte).
+    pub async fn scrape_as(&self, accept: &str) -> anyhow::Result<(usize, String, Duration)> {
+        let t = Instant::now();
+        let r = self
+            .http
+            .get(format!("{}/metrics", self.base))
+            .header("Accept", accept)
+            .send()
+            .await?
+            .error_for_status()?;
+        let kind = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        let body = r.bytes().await?;
+        Ok((body.len(), kind, t.elapsed()))
+    }
+
     /// True while the process runs.
     pub fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))

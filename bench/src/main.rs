@@ -8,7 +8,9 @@
 //! - RabbitMQ: exporter + emulator vs a raw lapin baseline at increasing rates ([`broker`]);
 //! - the soak: N dueslag with loss and duplicates, memory and stalled loops ([`scale::soak`]);
 //! - slow clients (`--only slow`, not in the default set): N connections sending a byte a
-//!   second to the push endpoint, cut by the exporter's limits ([`slow`], RELIABILITY.md).
+//!   second to the push endpoint, cut by the exporter's limits ([`slow`], RELIABILITY.md);
+//! - series (`--only series`, not in the default set: 10 minutes): what a dueslag costs in
+//!   a real Prometheus, classic against native histograms side by side ([`series`]).
 //!
 //! - many municipalities (`--only municipalities`, not in the default set): 100 CVRs × 20
 //!   dueslag and 1 CVR × 2,000 dueslag on RabbitMQ with a local STS ([`municipalities`]).
@@ -21,6 +23,7 @@ mod child;
 mod municipalities;
 mod report;
 mod scale;
+mod series;
 mod slow;
 mod stats;
 
@@ -42,7 +45,8 @@ pub struct Args {
     #[arg(long)]
     pub quick: bool,
     /// Scenarios to run, comma-separated: scale, accuracy, broker, soak; and slow (slow
-    /// clients against the push endpoint, RELIABILITY.md), which only runs when named.
+    /// clients against the push endpoint, RELIABILITY.md) and series (classic vs native
+    /// histograms in a real Prometheus), which only run when named.
     #[arg(
         long,
         value_delimiter = ',',
@@ -109,6 +113,18 @@ pub struct Args {
     /// Window after start-up of each municipalities layout.
     #[arg(long, default_value = "3m", value_parser = humantime::parse_duration)]
     pub municipalities_window: Duration,
+    /// Dueslag of each exporter of the series scenario.
+    #[arg(long, default_value_t = 10_000)]
+    pub series_dueslag: usize,
+    /// How long the Prometheus servers of the series scenario scrape.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pub series_duration: Duration,
+    /// Their scrape interval.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub series_scrape_interval: Duration,
+    /// The Prometheus binary of the series scenario (2.42 or later).
+    #[arg(long, default_value = "prometheus")]
+    pub prometheus: PathBuf,
     /// The script that starts and stops a private RabbitMQ.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq.sh"))]
     pub rabbitmq_script: PathBuf,
@@ -353,6 +369,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         if args.only.iter().all(|o| o == "slow") {
             std::fs::write(dir.join("slow.txt"), slow_lines.join("\n") + "\n")?;
             println!("{}", slow_lines.join("\n"));
+            return Ok(());
+        }
+    }
+    if wants("series") {
+        let r = series::run(&series::SeriesRun {
+            bin: &bin,
+            prometheus: &args.prometheus,
+            dir: &dir,
+            dueslag: args.series_dueslag,
+            interval: args.interval,
+            scrape_interval: args.series_scrape_interval,
+            duration: args.series_duration,
+            window,
+        })
+        .await?;
+        let mut table = format!(
+            "bfo-alive-bench {} series\nmachine: {}\ncommand: {}\n\n",
+            rep.started, rep.machine, rep.command
+        );
+        table += &series::table(&r);
+        std::fs::write(dir.join("series.txt"), &table)?;
+        std::fs::write(dir.join("series.json"), serde_json::to_string_pretty(&r)?)?;
+        println!("{table}");
+        if args.only.iter().all(|o| o == "series") {
             return Ok(());
         }
     }

@@ -2,7 +2,8 @@
 # Operations checks for CI: the README's commands as written, the rules generated from the
 # monitoring mixin (mixin/) and in sync, their unit tests and conventions, deploy examples,
 # the PrometheusRule sync, the Dockerfile lint, the dashboard queries against a real
-# Prometheus, the status page as headless Chromium renders it, the end-to-end alert path
+# Prometheus, native histograms stored by a real Prometheus (classic, native and both), the
+# status page as headless Chromium renders it, the end-to-end alert path
 # through a real Alertmanager, and an alert storm (a broker outage with 30 dueslag) through
 # the example Alertmanager configuration: one page.
 #
@@ -110,6 +111,7 @@ run_check "deploy: Prometheus and Alertmanager examples" check_deploy_configs
 run_check "deploy: PrometheusRule in sync, manifests consistent" check_prometheusrule
 run_check "hadolint Dockerfile" lint_dockerfile
 run_check "dashboard queries against Prometheus" scripts/ops/dashboard-check.sh
+run_check "native histograms: stored by a real Prometheus, rules and dashboard on classic, native, both" scripts/ops/native-check.sh
 run_check "status page in headless Chromium" scripts/ops/status-page-check.sh
 run_check "end to end: alert reaches Alertmanager" scripts/ops/e2e.sh
 run_check "alert storm: a broker outage with 30 dueslag pages once" scripts/ops/storm.sh

@@ -175,11 +175,13 @@ loss = 1.0
 EOF
 }
 
-# ops_start_prometheus DIR CONFIG: start Prometheus on a free port with storage in DIR;
-# sets PROM_URL. Short resend delay: alerts that fired before Alertmanager was known are
-# resent at once rather than after a minute.
+# ops_start_prometheus DIR CONFIG [ARGS...]: start Prometheus on a free port with storage in
+# DIR, with ARGS added (e.g. --enable-feature=native-histograms); sets PROM_URL. Short resend
+# delay: alerts that fired before Alertmanager was known are resent at once rather than
+# after a minute.
 ops_start_prometheus() {
   local dir="$1" config="$2" port
+  shift 2
   port="$(ops_free_port)"
   PROM_URL="http://127.0.0.1:$port"
   mkdir -p "$dir/data"
@@ -188,7 +190,7 @@ ops_start_prometheus() {
     --storage.tsdb.path="$dir/data" \
     --web.listen-address="127.0.0.1:$port" \
     --rules.alert.resend-delay=1s \
-    --log.level=warn
+    --log.level=warn "$@"
   ops_wait_http prometheus "$PROM_URL/-/ready" 60 "${OPS_PIDS[-1]}" "$dir/prometheus.log"
 }
 

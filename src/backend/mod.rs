@@ -407,7 +407,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_push_only_configuration_asks_for_the_afsend_token_only() {
-        let metrics = Metrics::new(&[1.0]);
+        let metrics = Metrics::new(&[1.0], crate::config::Histograms::default());
         for (dueslag, afhent_calls) in [(PUSH.to_string(), 0), (format!("{PUSH}{PULL}"), 1)] {
             let (source, tokens) = scripted(|_, n| token(n, Some(3600 * S)));
             let stop = CancellationToken::new();

@@ -78,6 +78,9 @@ pub struct ExporterConfig {
     /// Upper bounds (seconds) of the round-trip histogram buckets.
     #[serde(default = "default_buckets")]
     pub roundtrip_buckets: Vec<f64>,
+    /// Which histograms `/metrics` exposes: classic buckets, native, or both (read at start).
+    #[serde(default)]
+    pub histograms: Histograms,
     /// Enables `GET /probe` (it sends real messages).
     #[serde(default)]
     pub probe_endpoint: bool,
@@ -91,9 +94,35 @@ impl Default for ExporterConfig {
         ExporterConfig {
             instance: None,
             roundtrip_buckets: default_buckets(),
+            histograms: Histograms::default(),
             probe_endpoint: false,
             objekt_type: None,
         }
+    }
+}
+
+/// `[exporter] histograms`: how the round-trip and send-duration histograms are exposed.
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Histograms {
+    /// Classic buckets (`roundtrip_buckets`) in every format, as before native histograms.
+    Classic,
+    /// Native histograms only: a protobuf scrape gets one native histogram per series; text
+    /// and OpenMetrics get `_count`, `_sum` and the `+Inf` bucket only.
+    Native,
+    /// Native histograms (with the classic buckets beside them) for scrapers that ask for
+    /// protobuf; classic buckets in text and OpenMetrics.
+    #[default]
+    Both,
+}
+
+impl Histograms {
+    pub fn classic(self) -> bool {
+        self != Histograms::Native
+    }
+
+    pub fn native(self) -> bool {
+        self != Histograms::Classic
     }
 }
 

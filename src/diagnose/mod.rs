@@ -280,7 +280,7 @@ async fn preflight(config: &Config, cvr: &str, trace: &mut Trace) -> bool {
     let url = broker.url.as_ref().expect("validated").0.clone();
     let stop = CancellationToken::new();
     let _stop = stop.clone().drop_guard();
-    let metrics = Metrics::new(&[1.0]);
+    let metrics = Metrics::new(&[1.0], crate::config::Histograms::default());
     let services = config.services();
     let tokens = match crate::backend::tokens_for(config, cvr, &services, &metrics, &stop, None) {
         Ok(t) => t,
