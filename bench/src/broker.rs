@@ -235,15 +235,7 @@ async fn exporter_step(
         }
         let path = r.dir.join("emulator.toml");
         std::fs::write(&path, emu)?;
-        let cfg = EmulatorConfig::load(&path)?;
-        let stop = CancellationToken::new();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let s = stop.clone();
-        let emu_task = tokio::spawn(async move { emulator::run(cfg, s, Some(tx)).await });
-        let _guard = stop.clone().drop_guard();
-        tokio::time::timeout(Duration::from_secs(60), rx.recv())
-            .await
-            .context("the emulator did not declare its topology in time")?;
+        let emu = RunningEmulator::start(&path, Duration::from_secs(60)).await?;
         let ex = Exporter::spawn(r.bin, r.dir, &format!("broker-{rate}"), &exp).await?;
         tokio::time::sleep(r.warmup.max(interval * 2)).await;
         let (a, _) = ex.scrape().await?;
@@ -252,8 +244,7 @@ async fn exporter_step(
         let (cpu_b, span) = (ex.cpu_seconds(), ta.elapsed().as_secs_f64());
         let (bt, _) = ex.scrape().await?;
         ex.stop();
-        stop.cancel();
-        let _ = emu_task.await;
+        emu.stop().await;
         let ok = |t: &str| {
             stats::sum(t, "bfo_alive_probes_total", |l| {
                 stats::label(l, "result") == Some("success")
@@ -584,4 +575,37 @@ async fn send(
     }
     reader.abort();
     Ok(())
+}
+
+/// The emulator of a scenario, in this process: started on the configuration at a path,
+/// serving once it has declared its topology, stopped by [`RunningEmulator::stop`] (or
+/// when dropped, on an error path).
+pub struct RunningEmulator {
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    stop: tokio_util::sync::DropGuard,
+}
+
+impl RunningEmulator {
+    /// Starts it and waits up to `within` for its topology.
+    pub async fn start(path: &Path, within: Duration) -> anyhow::Result<RunningEmulator> {
+        let cfg = EmulatorConfig::load(path)?;
+        let stop = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+        let s = stop.clone();
+        let task = tokio::spawn(async move { emulator::run(cfg, s, Some(tx)).await });
+        let me = RunningEmulator {
+            task,
+            stop: stop.drop_guard(),
+        };
+        tokio::time::timeout(within, rx.recv())
+            .await
+            .context("the emulator did not declare its topology in time")?;
+        Ok(me)
+    }
+
+    /// Stops it and waits until it has.
+    pub async fn stop(self) {
+        drop(self.stop);
+        let _ = self.task.await;
+    }
 }

@@ -9,17 +9,14 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use bfo_alive_exporter::emulator::{self, EmulatorConfig};
 use bfo_alive_exporter::sts_stub::StsStub;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
 };
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
-use crate::broker::Broker;
+use crate::broker::{Broker, RunningEmulator};
 use crate::child::Exporter;
 use crate::stats;
 
@@ -184,15 +181,7 @@ pub async fn run(b: &Broker, r: &Run<'_>, cvrs: usize, per_cvr: usize) -> anyhow
         }
         let path = r.dir.join(format!("{name}-emulator.toml"));
         std::fs::write(&path, emu)?;
-        let cfg = EmulatorConfig::load(&path)?;
-        let stop = CancellationToken::new();
-        let (tx, mut rx) = tokio::sync::mpsc::channel(1);
-        let s = stop.clone();
-        let emu_task = tokio::spawn(async move { emulator::run(cfg, s, Some(tx)).await });
-        let _guard = stop.clone().drop_guard();
-        tokio::time::timeout(Duration::from_secs(120), rx.recv())
-            .await
-            .context("the emulator did not declare its topology in time")?;
+        let emu_run = RunningEmulator::start(&path, Duration::from_secs(120)).await?;
         let t0 = Instant::now();
         let ex = Exporter::spawn(r.bin, r.dir, &name, &exp).await?;
         let dueslag = cvrs * per_cvr;
@@ -245,8 +234,7 @@ pub async fn run(b: &Broker, r: &Run<'_>, cvrs: usize, per_cvr: usize) -> anyhow
         let (bt, _) = ex.scrape().await?;
         let (rss, peak) = ex.memory();
         ex.stop();
-        stop.cancel();
-        let _ = emu_task.await;
+        emu_run.stop().await;
         let ok = |t: &str| {
             stats::sum(t, "bfo_alive_probes_total", |l| {
                 stats::label(l, "result") == Some("success")
