@@ -32,39 +32,44 @@ pub fn default_binary() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("target/release/bfo-alive-exporter"))
 }
 
-impl Exporter {
-    /// Writes `config` to `dir/NAME.toml`, starts the exporter on it and waits until it
-    /// answers `/-/ready` (every dueslag is started before the listener serves).
-    pub async fn spawn(bin: &Path, dir: &Path, name: &str, config: &str) -> anyhow::Result<Self> {
-        let cfg = dir.join(format!("{name}.toml"));
-        std::fs::write(&cfg, config)?;
-        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
-        let port = free_port()?;
-        let child = Command::new(bin)
-            .arg("--config.file")
-            .arg(&cfg)
-            .arg("--web.listen-address")
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("--log.level")
-            .arg("warn")
+/// A child process serving HTTP on a loopback port, ready once its `/-/ready` answers:
+/// how the exporter and the benchmark's Prometheus servers are started.
+pub struct Served {
+    pub child: Child,
+    pub pid: u32,
+    /// `http://127.0.0.1:PORT`
+    pub base: String,
+    pub http: reqwest::Client,
+}
+
+impl Served {
+    /// Starts `cmd` (its output to `log`) and waits up to 120 s for `/-/ready` on `port`;
+    /// fails at once when it exits first. `what` names it in errors; `timeout` bounds each
+    /// later request through [`Served::http`].
+    pub async fn spawn(
+        mut cmd: Command,
+        port: u16,
+        log: std::fs::File,
+        what: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<Served> {
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
+            .with_context(|| format!("starting {what}"))?;
         let pid = child.id();
-        let mut me = Exporter {
+        let mut me = Served {
             child,
             pid,
             base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()?,
+            http: reqwest::Client::builder().timeout(timeout).build()?,
         };
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
             if let Some(status) = me.child.try_wait()? {
-                bail!("the exporter exited during start-up ({status}); see {name}.log");
+                bail!("{what} exited during start-up ({status})");
             }
             let ok = me
                 .http
@@ -76,10 +81,37 @@ impl Exporter {
                 return Ok(me);
             }
             if Instant::now() > deadline {
-                bail!("the exporter did not become ready within 120 s");
+                bail!("{what} did not become ready within 120 s");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+}
+
+impl Exporter {
+    /// Writes `config` to `dir/NAME.toml`, starts the exporter on it and waits until it
+    /// answers `/-/ready` (every dueslag is started before the listener serves).
+    pub async fn spawn(bin: &Path, dir: &Path, name: &str, config: &str) -> anyhow::Result<Self> {
+        let cfg = dir.join(format!("{name}.toml"));
+        std::fs::write(&cfg, config)?;
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+        let port = free_port()?;
+        let mut cmd = Command::new(bin);
+        cmd.arg("--config.file")
+            .arg(&cfg)
+            .arg("--web.listen-address")
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--log.level")
+            .arg("warn");
+        let s = Served::spawn(cmd, port, log, "the exporter", Duration::from_secs(120))
+            .await
+            .with_context(|| format!("{} (see {name}.log)", bin.display()))?;
+        Ok(Exporter {
+            child: s.child,
+            pid: s.pid,
+            base: s.base,
+            http: s.http,
+        })
     }
 
     /// User + system CPU seconds so far.

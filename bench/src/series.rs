@@ -9,13 +9,13 @@
 //! default) alone: memory, CPU and render times.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use serde::Serialize;
 
-use super::child::{Exporter, free_port};
+use super::child::{Exporter, Served, free_port};
 use super::scale::{SimSetup, sim_config};
 use super::stats;
 
@@ -117,51 +117,24 @@ impl Prometheus {
         )?;
         let port = free_port()?;
         let log = std::fs::File::create(dir.join("prometheus.log"))?;
-        let child = Command::new(bin)
-            .arg(format!("--config.file={}", cfg.display()))
+        let mut cmd = Command::new(bin);
+        cmd.arg(format!("--config.file={}", cfg.display()))
             .arg(format!(
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
             .arg(format!("--web.listen-address=127.0.0.1:{port}"))
             .arg("--enable-feature=native-histograms")
-            .arg("--log.level=warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .with_context(|| format!("starting {}", bin.display()))?;
-        let pid = child.id();
-        let mut me = Prometheus {
-            child,
-            pid,
-            base: format!("http://127.0.0.1:{port}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(300))
-                .build()?,
-        };
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(status) = me.child.try_wait()? {
-                bail!(
-                    "prometheus exited during start-up ({status}); see {}",
-                    dir.display()
-                );
-            }
-            let ok = me
-                .http
-                .get(format!("{}/-/ready", me.base))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                return Ok(me);
-            }
-            if Instant::now() > deadline {
-                bail!("prometheus did not become ready within 120 s");
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
+            .arg("--log.level=warn");
+        let s = Served::spawn(cmd, port, log, "prometheus", Duration::from_secs(300))
+            .await
+            .with_context(|| format!("{} (see {})", bin.display(), dir.display()))?;
+        Ok(Prometheus {
+            child: s.child,
+            pid: s.pid,
+            base: s.base,
+            http: s.http,
+        })
     }
 
     /// An instant query's result vector.
