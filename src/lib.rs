@@ -15,13 +15,16 @@
 //!   endpoint the Beskedfordeler POSTs to).
 //! - Transports: `transport` (the `Afsender`/`Afhenter` traits; `transport::amqp` the real
 //!   protocol on lapin, with `connect` for TLS, PLAIN and EXTERNAL; `transport::sim` the
-//!   simulator), `backend` (builds one from a configuration), `backoff` (reconnect
+//!   simulator), `backend` (builds one from a configuration; `backend::municipalities`
+//!   the tokens and connections per CVR), `backoff` (reconnect
 //!   delays), `token` (SAML tokens: model, STS, file, renewal), `tls`, `secret`.
 //! - The simulated Beskedfordeler: `sim` (fault decisions, in-process queues, push
-//!   delivery), and [`emulator`] (the same core on a RabbitMQ broker).
+//!   delivery), [`emulator`] (the same core on a RabbitMQ broker), and [`sts_stub`] (a
+//!   local STS issuing tokens per CVR, for tests and the benchmark).
 //! - Running it: [`server`] (listeners, reload, shutdown), `supervisor` (one loop per
-//!   dueslag, reload by diff), `http` (routes), `status` (the status page), `metrics` and
-//!   `exposition` (the contract and its rendering), `process` (`process_*` metrics),
+//!   dueslag, reload by diff), `http` (routes), `status` (the status page), `metrics`,
+//!   `native` and `exposition` (the contract, native histograms and the protobuf wire
+//!   format, and the rendering in the negotiated format), `process` (`process_*` metrics),
 //!   `web` (serving each listener within its limits, TLS, `--web.config.file`), `allocator`
 //!   (glibc arenas).
 //! - Tools: `diagnose` (the `probe` command and `GET /probe`, with the trace and its
@@ -29,7 +32,7 @@
 //!   subcommands; `main` only calls it).
 //!
 //! The public API is what the binary, the benchmark and the integration tests use:
-//! [`cli`], [`config`], [`emulator`], [`message`], [`outcome`], [`server`].
+//! [`cli`], [`config`], [`emulator`], [`message`], [`outcome`], [`server`], [`sts_stub`].
 pub(crate) mod allocator;
 pub(crate) mod backend;
 pub(crate) mod backoff;
