@@ -39,7 +39,7 @@ pub struct Cli {
     pub listen: String,
     /// Web configuration file (YAML, the exporter-toolkit format node_exporter uses): TLS,
     /// basic auth, response headers and a rate limit for the main listener; read again
-    /// on every reload. Not for the push endpoint ([push] listen and [push.tls]).
+    /// on every reload. Not for the push endpoint (`[push] listen` and `[push.tls]`).
     #[arg(long = "web.config.file", value_name = "FILE", global = true)]
     pub web_config_file: Option<PathBuf>,
     /// Answer POST /-/reload (as Prometheus, off by default: 403). SIGHUP always reloads.

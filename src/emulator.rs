@@ -16,7 +16,7 @@
 //! lets a connection send only what that CVR may. The emulator checks the same on what it
 //! sees of the token: the `token` header of every published message (the token the
 //! connection was opened with, as the exporter sends the same one in both places). When
-//! the token names a CVR (the OIOSAML attribute [`crate::protocol::sts::CVR_ATTRIBUTE`]) and
+//! the token names a CVR (the OIOSAML attribute `crate::protocol::sts::CVR_ATTRIBUTE`) and
 //! the message's TilladtModtager is not that CVR, the message is refused with StatusKode 40
 //! and a reason naming both CVRs: a test catches a message sent under the wrong
 //! municipality. RabbitMQ does not hand the SASL response to the emulator, so what a

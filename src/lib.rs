@@ -5,9 +5,9 @@
 //!
 //! # Layout
 //!
-//! - Protocol and messages: [`protocol`] (every wire constant), [`message`] (the XML,
+//! - Protocol and messages: `protocol` (every wire constant), [`message`] (the XML,
 //!   built and parsed by namespace).
-//! - Configuration: [`config`] (the TOML file, validated), [`shard`] (`--shard=i/n`).
+//! - Configuration: [`config`] (the TOML file, validated), `shard` (`--shard=i/n`).
 //! - The probe: `probe` (one dueslag's loop and arrivals), `matcher` (in-flight table and
 //!   classification), `send` (the Afsend retry policy), [`outcome`] (what happened, as
 //!   data).

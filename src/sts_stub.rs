@@ -1,6 +1,6 @@
 //! A local stand-in for KOMBIT's STS, for tests and the benchmark: the issue endpoint over
 //! mutual TLS, answering each request with a SAML assertion that names the request's
-//! `Anvenderkontekst.Cvr` (the OIOSAML attribute [`crate::protocol::sts::CVR_ATTRIBUTE`]) and
+//! `Anvenderkontekst.Cvr` (the OIOSAML attribute `crate::protocol::sts::CVR_ATTRIBUTE`) and
 //! expires after a set lifetime, and counting the requests per CVR.
 //!
 //! Nothing signs the assertion: the emulator reads what a token names, as the

@@ -85,7 +85,7 @@ pub struct ExporterConfig {
     #[serde(default)]
     pub probe_endpoint: bool,
     /// The ObjektType of the RelateretObjekt that addresses each Alive message to its
-    /// dueslag, a URN or a UUID; default [`protocol::DUESLAG_OBJEKT_TYPE`].
+    /// dueslag, a URN or a UUID; default `protocol::DUESLAG_OBJEKT_TYPE`.
     pub objekt_type: Option<String>,
 }
 
@@ -150,7 +150,7 @@ pub enum BackendKind {
 }
 
 /// KOMBIT's environments, as `[broker] environment` presets them (ARCHITECTURE.md §6); the
-/// values are in [`protocol::environment`].
+/// values are in `protocol::environment`.
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum Environment {
@@ -792,7 +792,7 @@ impl Config {
 
     /// The shortest probe interval of any dueslag (`[defaults] interval` without any): the
     /// connections reconnect at least this often while the broker is away
-    /// ([`crate::backoff::Backoff::reconnect_within`]).
+    /// (`crate::backoff::Backoff::reconnect_within`).
     pub fn shortest_interval(&self) -> Duration {
         self.dueslag_specs()
             .iter()
