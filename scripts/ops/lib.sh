@@ -135,7 +135,9 @@ ops_start_exporter() {
 
 # ops_sim_config FILE FAILING: write a simulator configuration with two healthy dueslag,
 # aa-healthy-pull and mm-healthy-push, and FAILING, a pull dueslag that loses every
-# message. Probes every 200 ms with a 600 ms timeout: FAILING fails within a second.
+# message (and has half its sends refused). Probes every 200 ms with a 600 ms timeout: FAILING fails within a second. Each
+# dueslag has a static `kommune` label (two municipalities), as the dashboard's
+# per-municipality panels group by it.
 ops_sim_config() {
   cat >"$1" <<EOF
 [exporter]
@@ -158,20 +160,26 @@ name = "aa-healthy-pull"
 mode = "pull"
 queue = "q-aa"
 id = "0a5e7c1b-3d2f-4e6a-8b9c-1d2e3f4a5b01"
+labels = { kommune = "aarhus" }
 
 [[dueslag]]
 name = "mm-healthy-push"
 mode = "push"
 id = "0a5e7c1b-3d2f-4e6a-8b9c-1d2e3f4a5b02"
+labels = { kommune = "aarhus" }
 
 [[dueslag]]
 name = "$2"
 mode = "pull"
 queue = "q-$2"
 id = "0a5e7c1b-3d2f-4e6a-8b9c-1d2e3f4a5b03"
+labels = { kommune = "odense" }
 
 [sim.faults.$2]
 loss = 1.0
+# Half its sends are refused too: failure reasons are series only once they happen, and
+# the dashboard's failures-by-reason panel needs one.
+reject = 0.5
 EOF
 }
 

@@ -26,9 +26,6 @@ for mode in classic native both; do
   ops_sim_config "$dir/exporter.toml" broken-pull
   sed -i "s/^\[exporter\]\$/[exporter]\nhistograms = \"$mode\"/" "$dir/exporter.toml"
   grep -q "^histograms = \"$mode\"" "$dir/exporter.toml" || ops_die "no histograms line in $dir/exporter.toml"
-  # Some sends of the broken dueslag are rejected too: failure reasons are series only
-  # once they happen, and the dashboard's failures-by-reason panel needs one.
-  printf 'reject = 0.5\n' >>"$dir/exporter.toml"
   ops_start_exporter "$dir/exporter.log" --config.file "$dir/exporter.toml" || exit 1
   cat >"$dir/prometheus.yml" <<YAML
 global:
