@@ -187,7 +187,8 @@ pub fn token_file(file: &std::path::Path, cvr: &str) -> std::path::PathBuf {
 }
 
 /// The token manager of municipality `cvr` for `services`, or `None` without a token
-/// source; its STS requests wait for one of `permits`.
+/// source; its STS requests wait for one of `permits`. With `sts` (the backend's client)
+/// it is shared for this CVR rather than made from the configuration again.
 pub fn tokens_for(
     config: &Config,
     cvr: &str,
@@ -195,6 +196,7 @@ pub fn tokens_for(
     metrics: &Metrics,
     stop: &CancellationToken,
     permits: Option<Arc<tokio::sync::Semaphore>>,
+    sts: Option<&StsClient>,
 ) -> Result<Option<Arc<TokenManager>>, String> {
     let Some(t) = &config.token else {
         return Ok(None);
@@ -204,7 +206,10 @@ pub fn tokens_for(
         TokenSourceKind::File => {
             TokenSource::File(token_file(t.file.as_deref().expect("validated"), cvr))
         }
-        TokenSourceKind::Sts => TokenSource::Sts(Arc::new(sts_client(config, cvr)?)),
+        TokenSourceKind::Sts => TokenSource::Sts(Arc::new(match sts {
+            Some(client) => client.for_cvr(cvr),
+            None => sts_client(config, cvr)?,
+        })),
     };
     Ok(Some(start_tokens(
         config, cvr, services, source, metrics, stop, permits,
@@ -294,17 +299,19 @@ fn build_amqp(
              it will end connections first, and probes then reconnect and retry"
         );
     }
-    // What every municipality's STS client is made of (the certificate): refused here, at
-    // build (and so at reload), not once per municipality later.
-    if config
+    // The STS client every municipality shares (the certificate is the supplier's): made,
+    // or refused, here at build (and so at reload), not once per municipality later.
+    let sts = if config
         .token
         .as_ref()
         .is_some_and(|t| t.source == TokenSourceKind::Sts)
     {
-        sts_client(config, &config.identity.cvr)?;
-    }
+        Some(sts_client(config, &config.identity.cvr)?)
+    } else {
+        None
+    };
     let base = municipalities::base_settings(broker, url, tls, config.shortest_interval());
-    let municipalities = Municipalities::new(base, config, metrics, stop.clone());
+    let municipalities = Municipalities::new(base, sts, config, metrics, stop.clone());
     Ok(Built {
         kind: BackendKind::Amqp,
         backend: Backend {

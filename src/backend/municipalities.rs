@@ -14,6 +14,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use crate::token::StsClient;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
@@ -37,6 +38,8 @@ pub struct Municipalities {
     /// What every municipality shares; `cvr`, `tokens` and `events` are set per
     /// municipality.
     base: Settings,
+    /// The STS client every municipality's tokens come from (with its CVR), if `sts`.
+    sts: Option<StsClient>,
     config: Config,
     metrics: Metrics,
     /// The backend's stop: every municipality's is a child of it.
@@ -51,6 +54,7 @@ pub struct Municipalities {
 impl Municipalities {
     pub(super) fn new(
         base: Settings,
+        sts: Option<StsClient>,
         config: &Config,
         metrics: &Metrics,
         stop: CancellationToken,
@@ -63,6 +67,7 @@ impl Municipalities {
             });
         Municipalities {
             base,
+            sts,
             config: config.clone(),
             metrics: metrics.clone(),
             stop,
@@ -149,6 +154,7 @@ impl Municipalities {
             &self.metrics,
             &stop,
             Some(self.permits.clone()),
+            self.sts.as_ref(),
         ) {
             Ok(t) => t,
             Err(e) => {

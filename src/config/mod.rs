@@ -794,9 +794,9 @@ impl Config {
     /// connections reconnect at least this often while the broker is away
     /// (`crate::backoff::Backoff::reconnect_within`).
     pub fn shortest_interval(&self) -> Duration {
-        self.dueslag_specs()
+        self.dueslag
             .iter()
-            .map(|d| d.interval)
+            .map(|d| d.interval.unwrap_or(self.defaults.interval))
             .min()
             .unwrap_or(self.defaults.interval)
     }

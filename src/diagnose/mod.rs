@@ -282,13 +282,14 @@ async fn preflight(config: &Config, cvr: &str, trace: &mut Trace) -> bool {
     let _stop = stop.clone().drop_guard();
     let metrics = Metrics::new(&[1.0], crate::config::Histograms::default());
     let services = config.services();
-    let tokens = match crate::backend::tokens_for(config, cvr, &services, &metrics, &stop, None) {
-        Ok(t) => t,
-        Err(e) => {
-            trace.fail("token", e, hints::TOKEN_FETCH);
-            return false;
-        }
-    };
+    let tokens =
+        match crate::backend::tokens_for(config, cvr, &services, &metrics, &stop, None, None) {
+            Ok(t) => t,
+            Err(e) => {
+                trace.fail("token", e, hints::TOKEN_FETCH);
+                return false;
+            }
+        };
     if let Some(m) = &tokens {
         for &service in m.services() {
             match m.wait_for_token(service, Duration::from_secs(30)).await {

@@ -98,6 +98,21 @@ impl StsClient {
         })
     }
 
+    /// The same client for municipality `cvr`: the system certificate, the HTTP client and
+    /// its pooled connections are the supplier's and shared; only `Anvenderkontekst.Cvr`
+    /// differs. So 100 municipalities load the certificate once and share one pool.
+    pub fn for_cvr(&self, cvr: &str) -> StsClient {
+        StsClient {
+            http: self.http.clone(),
+            url: self.url.clone(),
+            config: StsConfig {
+                cvr: cvr.to_string(),
+                ..self.config.clone()
+            },
+            use_key: self.use_key.clone(),
+        }
+    }
+
     /// The RequestSecurityToken JSON for `service`.
     pub fn request_body(&self, service: Service) -> Value {
         let obj = |pairs: Vec<(&str, Value)>| {
@@ -516,6 +531,30 @@ mod tests {
                 serde_json::json!({ "Created": "2020-01-01T00:00:00Z", "Expires": rfc3339(t) });
         }
         v.to_string()
+    }
+
+    #[tokio::test]
+    async fn a_client_for_another_cvr_asks_for_that_cvr_over_the_same_certificate() {
+        let pki = testpki::make();
+        let xml = assertion("https://sts.test", None, MARK);
+        let stub = stub(&pki, Arc::new(move |_| (200, ok_response(&xml, None)))).await;
+        let base = StsClient::new(sts_config(&pki, &stub.base)).unwrap();
+        let other = base.for_cvr("55133018");
+        other.issue(Service::Afsend).await.unwrap();
+        base.issue(Service::Afsend).await.unwrap();
+        let seen = stub.seen.lock().unwrap().clone();
+        let cvrs: Vec<_> = seen
+            .iter()
+            .map(|r| r.body[sts::ANVENDERKONTEKST][sts::CVR].clone())
+            .collect();
+        assert_eq!(
+            cvrs,
+            [serde_json::json!("55133018"), serde_json::json!("29189846")]
+        );
+        assert_eq!(
+            other.request_body(Service::Afsend)[sts::USE_KEY],
+            base.request_body(Service::Afsend)[sts::USE_KEY]
+        );
     }
 
     #[tokio::test]
